@@ -1,0 +1,12 @@
+"""SSL methods: one file each on the shared ``SSLMethod`` base."""
+
+from medssl.methods.base import METHODS, SSLMethod
+from medssl.methods.simclr import SimCLR
+
+
+def list_methods() -> list[str]:
+    """Names of the registered SSL methods."""
+    return METHODS.names()
+
+
+__all__ = ["METHODS", "SSLMethod", "SimCLR", "list_methods"]

@@ -1,0 +1,36 @@
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medssl-installed
+
+.PHONY: install test check format demo clean
+
+## install: create .venv with torch 2.14.1 + torchvision 0.29.1 (local wheels) and medssl with its extras
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e ".[dev,demo,export,tensorboard]"
+	touch $(STAMP)
+
+## test: the whole test suite (real-data tests run when ../shared/data or $$MEDSSL_DATA_DIR exists)
+test: install
+	$(BIN)/pytest -q
+
+## check: lint, format check and type check
+check: install
+	$(BIN)/ruff check medssl tests
+	$(BIN)/ruff format --check medssl tests
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix medssl tests
+	$(BIN)/ruff format medssl tests
+
+## demo: offline SimCLR pretraining on the embedded MNI152 demo data
+demo: install
+	$(BIN)/medssl demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

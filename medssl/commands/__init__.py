@@ -1,0 +1,1 @@
+"""The ``medssl`` sub-commands, one module each."""

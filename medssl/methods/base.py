@@ -1,0 +1,140 @@
+"""The one base class every SSL method subclasses: optimiser, schedule, loss logging, EMA updates.
+
+A method only builds its heads and loss, declares its views (``view_transform``) and, if it has a
+teacher or momentum encoder, its EMA pairs (``ema_pairs``). Everything else lives here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from lightly.models.utils import update_momentum
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import CosineWarmupScheduler
+from monai.transforms import Compose
+from torch import Tensor, nn
+
+from medssl.backbones import build_backbone
+from medssl.registry import Registry
+
+METHODS: Registry[type[SSLMethod]] = Registry("method")
+
+#: Parameter names (substrings) that never get weight decay, besides biases and norm weights.
+NO_DECAY_NAMES = ("position_embeddings", "pos_embed", "cls_token", "mask_token")
+
+
+class SSLMethod(pl.LightningModule):
+    """Base of every SSL method.
+
+    Args:
+        backbone: registered backbone name (``medssl.backbones.list_backbones()``).
+        backbone_kwargs: the backbone builder's own options, e.g. ``{"widen_factor": 0.5}``.
+        spatial_dims: 2 or 3; linked from ``data.spatial_dims`` on the command line.
+        in_channels: image channels; linked from ``data.in_channels`` on the command line.
+        optimizer: ``adamw``, ``sgd`` (momentum 0.9) or ``lars`` (lightly's LARS).
+        lr: peak learning rate, reached after the warm-up.
+        weight_decay: decoupled weight decay; biases, norms and embeddings get none.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed); cosine decay afterwards.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        optimizer: Literal["adamw", "sgd", "lars"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.backbone = build_backbone(
+            backbone, spatial_dims=spatial_dims, in_channels=in_channels, **(backbone_kwargs or {})
+        )
+        self._ema_step = 0
+
+    # --- what a method provides -------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Return named loss terms and their weighted sum under ``"loss"``."""
+        raise NotImplementedError
+
+    def view_transform(self) -> Compose:
+        """The MONAI transform turning ``{"image": (C, *spatial)}`` into this method's views."""
+        raise NotImplementedError
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, ema)`` module pairs updated after every optimiser step; none by default."""
+        return []
+
+    def ema_momentum(self) -> float:
+        """Momentum for the EMA update at the current step."""
+        return 0.996
+
+    # --- shared machinery -------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.compute_loss(batch)
+        self._log_losses("train", losses, batch)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_losses("val", self.compute_loss(batch), batch)
+
+    def on_train_start(self) -> None:
+        self._ema_step = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step only moves on a real optimiser step (not on accumulation-only batches).
+        if self.trainer.global_step == self._ema_step:
+            return
+        self._ema_step = self.trainer.global_step
+        momentum = self.ema_momentum()
+        for online, ema in self.ema_pairs():
+            update_momentum(online, ema, m=momentum)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._build_optimizer()
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warmup_steps = int(round(self.hparams.warmup_epochs * total_steps / epochs))
+        scheduler = CosineWarmupScheduler(
+            optimizer,
+            warmup_epochs=min(warmup_steps, total_steps - 1),
+            max_epochs=total_steps,
+            end_value=self.hparams.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            plain = param.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES)
+            (no_decay if plain else decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        lr = self.hparams.lr
+        if self.hparams.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=lr)
+        if self.hparams.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+        return LARS(groups, lr=lr, momentum=0.9)
+
+    def _log_losses(self, stage: str, losses: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
+        batch_size = next(v for v in batch.values() if isinstance(v, Tensor)).shape[0]
+        on_step = stage == "train"
+        for name, value in losses.items():
+            key = f"{stage}/loss" if name == "loss" else f"{stage}/loss_{name}"
+            self.log(key, value.detach(), on_step=on_step, on_epoch=True, prog_bar=name == "loss",
+                     batch_size=batch_size, sync_dist=not on_step)

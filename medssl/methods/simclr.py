@@ -1,0 +1,52 @@
+"""SimCLR: two augmented views of each image, NT-Xent over the batch (and over all ranks under DDP).
+
+- [0]: SimCLR, 2020, https://arxiv.org/abs/2002.05709
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from monai.transforms import Compose
+from torch import Tensor
+
+from medssl.methods.base import METHODS, SSLMethod
+from medssl.transforms.views import ViewAugment, multi_view_transform
+
+
+@METHODS.register("simclr")
+class SimCLR(SSLMethod):
+    """SimCLR with lightly's projection head and NT-Xent loss.
+
+    Args:
+        temperature: NT-Xent temperature.
+        hidden_dim: width of the projection MLP.
+        projection_dim: size of the projected embedding the loss compares.
+        augment: how each of the two views is made.
+        **base: the ``SSLMethod`` options (backbone, spatial_dims, optimiser, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.1,
+        hidden_dim: int = 512,
+        projection_dim: int = 128,
+        augment: ViewAugment = ViewAugment(),
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        self.augment = augment
+        self.projection_head = SimCLRProjectionHead(self.backbone.num_features, hidden_dim, projection_dim)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
+
+    def view_transform(self) -> Compose:
+        return multi_view_transform([self.augment, self.augment], self.spatial_dims)
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        views = torch.cat([batch["view_0"], batch["view_1"]])  # (2B, C, *spatial): one forward pass
+        z0, z1 = self.projection_head(self.backbone(views)).chunk(2)  # (B, projection_dim) each
+        return {"loss": self.criterion(z0, z1)}

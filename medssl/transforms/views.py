@@ -1,0 +1,96 @@
+"""Multi-view SSL augmentations as MONAI dictionary transforms, one code path for 2D and 3D.
+
+Each view gets its own transform instance, so the random crop, flip and intensity change differ
+between views (a MONAI dictionary transform draws one set of random parameters for all its keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from monai.transforms import (
+    Compose,
+    CopyItemsd,
+    DeleteItemsd,
+    EnsureTyped,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleCropd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+)
+
+
+@dataclass(frozen=True)
+class ViewAugment:
+    """Strength of the augmentations that make one view; the defaults suit grey-scale scans.
+
+    Args:
+        size: output size of the view per spatial axis (an int is used on every axis).
+        min_scale: smallest crop side as a fraction of the image side (random resized crop).
+        flip_prob: probability of a flip along each spatial axis.
+        intensity: maximum relative change of scale and of shift of the intensities.
+        gamma: range of the random gamma (contrast) change; ``(1, 1)`` switches it off.
+        blur_prob: probability of a Gaussian blur.
+        noise_std: standard deviation of additive Gaussian noise (0 switches it off).
+    """
+
+    size: int | Sequence[int] = 32
+    min_scale: float = 0.4
+    flip_prob: float = 0.5
+    intensity: float = 0.2
+    gamma: tuple[float, float] = (0.7, 1.5)
+    blur_prob: float = 0.2
+    noise_std: float = 0.02
+
+
+def view_transform(name: str, augment: ViewAugment, spatial_dims: int, source: str = "image") -> Compose:
+    """Build one augmented view ``name`` from the key ``source`` (random resized crop, flips, intensity)."""
+    size = _per_axis(augment.size, spatial_dims)
+    steps: list = [
+        RandScaleCropd(name, roi_scale=augment.min_scale, max_roi_scale=1.0, random_size=True),
+        Resized(name, spatial_size=size, mode="area"),
+    ]
+    if augment.flip_prob > 0:
+        steps += [RandFlipd(name, prob=augment.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
+    if augment.intensity > 0:
+        steps += [
+            RandScaleIntensityd(name, factors=augment.intensity, prob=0.8),
+            RandShiftIntensityd(name, offsets=augment.intensity, prob=0.8),
+        ]
+    if augment.gamma != (1.0, 1.0):
+        steps.append(RandAdjustContrastd(name, gamma=augment.gamma, prob=0.5))
+    if augment.blur_prob > 0:
+        steps.append(RandGaussianSmoothd(name, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0),
+                                         prob=augment.blur_prob))
+    if augment.noise_std > 0:
+        steps.append(RandGaussianNoised(name, std=augment.noise_std, prob=0.5))
+    return Compose(steps)
+
+
+def multi_view_transform(
+    augments: Sequence[ViewAugment], spatial_dims: int, prefix: str = "view", source: str = "image"
+) -> Compose:
+    """Turn ``{source: image}`` into ``{f"{prefix}_{i}": view_i}`` float tensors, one per augment."""
+    names = [f"{prefix}_{i}" for i in range(len(augments))]
+    return Compose(
+        [
+            CopyItemsd(source, times=len(names), names=names),
+            *[view_transform(n, a, spatial_dims) for n, a in zip(names, augments, strict=True)],
+            DeleteItemsd(source),
+            EnsureTyped(names, data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
+    )
+
+
+def _per_axis(size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    if isinstance(size, int):
+        return (size,) * spatial_dims
+    if len(size) != spatial_dims:
+        raise ValueError(f"view size {tuple(size)} has {len(size)} axes but spatial_dims={spatial_dims}")
+    return tuple(int(s) for s in size)

@@ -1,0 +1,45 @@
+import pytest
+import torch
+from monai.utils import set_determinism
+
+from medssl.transforms.views import ViewAugment, multi_view_transform
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_two_views_have_the_requested_size_and_differ(spatial_dims):
+    image = torch.rand((1,) + (20,) * spatial_dims)
+    views = multi_view_transform([ViewAugment(size=12)] * 2, spatial_dims)
+    out = views({"image": image})
+    assert set(out) == {"view_0", "view_1"}
+    for key in out:
+        assert out[key].shape == (1,) + (12,) * spatial_dims
+        assert out[key].dtype == torch.float32
+        assert type(out[key]) is torch.Tensor  # no MetaTensor overhead in the training loop
+    assert not torch.equal(out["view_0"], out["view_1"])
+
+
+def test_anisotropic_view_size_and_axis_mismatch():
+    out = multi_view_transform([ViewAugment(size=(8, 12, 10))], 3)({"image": torch.rand(1, 16, 16, 16)})
+    assert out["view_0"].shape == (1, 8, 12, 10)
+    with pytest.raises(ValueError, match="has 2 axes but spatial_dims=3"):
+        multi_view_transform([ViewAugment(size=(8, 8))], 3)
+
+
+def test_views_are_reproducible_with_a_seed():
+    image = torch.rand(1, 16, 16)
+    outs = []
+    for _ in range(2):
+        views = multi_view_transform([ViewAugment(size=8)] * 2, 2)
+        views.set_random_state(seed=7)
+        outs.append(views({"image": image.clone()}))
+    assert torch.equal(outs[0]["view_0"], outs[1]["view_0"])
+    assert torch.equal(outs[0]["view_1"], outs[1]["view_1"])
+    set_determinism(None)
+
+
+def test_weakest_augment_is_only_a_resize():
+    plain = ViewAugment(size=16, min_scale=1.0, flip_prob=0.0, intensity=0.0, gamma=(1.0, 1.0),
+                        blur_prob=0.0, noise_std=0.0)
+    image = torch.rand(1, 16, 16)
+    out = multi_view_transform([plain], 2)({"image": image})
+    assert torch.allclose(out["view_0"], image)
