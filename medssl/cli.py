@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medssl: unknown command {command!r}{hint}\n\n{USAGE}", file=sys.stderr)
         return 2
     from medssl.errors import USER_ERRORS
+    from medssl.logging_setup import quiet_third_party
+
+    quiet_third_party()
 
     try:
         commands[command](rest)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import CSVLogger, Logger
 
 from medssl.callbacks import SaveBackbone
 from medssl.data.datamodule import PretrainDataModule
+from medssl.loggers import default_loggers
 from medssl.methods import SSLMethod
 from medssl.recipes_dir import recipes_dir
 
@@ -35,30 +37,19 @@ class PretrainCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def default_loggers(run_dir: Path) -> list[Logger]:
-    """CSV metrics straight in the run directory, plus TensorBoard when it is installed."""
-    loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]
-    try:
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(run_dir, name="", version="tensorboard"))
-    except ModuleNotFoundError:
-        pass
-    return loggers
-
-
 def build_cli(args: list[str]) -> PretrainCLI:
     """Parse ``args`` and instantiate model, data and trainer (nothing runs yet)."""
-    return PretrainCLI(
-        SSLMethod,
-        PretrainDataModule,
-        subclass_mode_model=True,
-        run=False,
-        args=args,
-        parser_kwargs={"default_config_files": [str(recipes_dir() / "base" / "pretrain.yaml")]},
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [SaveBackbone()]},
-    )
+    with patch.object(sys, "argv", ["medssl pretrain"]):  # args come from us, not from sys.argv
+        return PretrainCLI(
+            SSLMethod,
+            PretrainDataModule,
+            subclass_mode_model=True,
+            run=False,
+            args=args,
+            parser_kwargs={"default_config_files": [str(recipes_dir() / "base" / "pretrain.yaml")]},
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [SaveBackbone()]},
+        )
 
 
 def run(args: list[str]) -> Path:
