@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
 
 from medssl.export import save_backbone
 
@@ -19,11 +20,13 @@ class SaveBackbone(pl.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if getattr(trainer, "fast_dev_run", False):
             return
         metadata = {
             "method": type(pl_module).__name__.lower(),
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
         }
-        self.path = save_backbone(pl_module.backbone, Path(trainer.default_root_dir) / self.folder, metadata)
+        backbone = pl_module.backbone
+        assert isinstance(backbone, nn.Module)
+        self.path = save_backbone(backbone, Path(trainer.default_root_dir) / self.folder, metadata)

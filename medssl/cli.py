@@ -10,7 +10,7 @@ from medssl import __version__
 USAGE = """usage: medssl <command> [options]
 
 commands:
-  pretrain   self-supervised pretraining from a recipe: medssl pretrain --config recipes/pretrain/<recipe>.yaml
+  pretrain   self-supervised pretraining: medssl pretrain --config recipes/pretrain/<recipe>.yaml
   demo       offline demo on real anatomy (MNI152 brain template) shipped with nilearn
   list       registered methods, backbones and intensity presets
 

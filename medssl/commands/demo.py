@@ -24,9 +24,12 @@ def run(args: list[str]) -> Path:
     out = options.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     return pretrain.run(
         [
-            "--config", str(recipes_dir() / "demo" / "simclr_demo_2d.yaml"),
-            "--data.source", str(demo.datalist_2d),
-            "--trainer.default_root_dir", out,
+            "--config",
+            str(recipes_dir() / "demo" / "simclr_demo_2d.yaml"),
+            "--data.source",
+            str(demo.datalist_2d),
+            "--trainer.default_root_dir",
+            out,
             *overrides,
         ]
     )

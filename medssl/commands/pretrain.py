@@ -25,8 +25,12 @@ class PretrainCLI(LightningCLI):
     """Recipe = ``recipes/base/pretrain.yaml`` + the recipe's delta + command-line overrides."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="resume: 'last' (the run directory's last.ckpt) or a checkpoint path")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume: 'last' (the run directory's last.ckpt) or a checkpoint path",
+        )
         parser.link_arguments("data.spatial_dims", "model.init_args.spatial_dims")
         parser.link_arguments("data.in_channels", "model.init_args.in_channels")
 
@@ -59,7 +63,8 @@ def run(args: list[str]) -> Path:
     ckpt_path = _resume_path(run_dir, cli.config.ckpt_path)
     cli.datamodule.items()  # check the whole datalist before anything is written
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-    weights = next((c.path for c in cli.trainer.callbacks if isinstance(c, SaveBackbone)), None)
+    callbacks = getattr(cli.trainer, "callbacks", [])
+    weights = next((c.path for c in callbacks if isinstance(c, SaveBackbone)), None)
     print(f"run directory: {run_dir.resolve()}")
     if weights:
         print(f"backbone weights: {weights.resolve() / 'backbone.safetensors'}")

@@ -102,7 +102,11 @@ class PretrainDataModule(pl.LightningDataModule):
                 keep = np.random.default_rng(self.seed).choice(len(items), self.limit, replace=False)
                 items = [items[i] for i in sorted(keep)]
             items = check_datalist(
-                items, spatial_dims=self.spatial_dims, keys=("image",), skip_bad=self.skip_bad, source=str(path)
+                items,
+                spatial_dims=self.spatial_dims,
+                keys=("image",),
+                skip_bad=self.skip_bad,
+                source=str(path),
             )
             self._check_first(items[0])
             self._splits = split_train_val(items, val_fraction=self.val_fraction, seed=self.seed)
@@ -157,7 +161,9 @@ class PretrainDataModule(pl.LightningDataModule):
     def _views_from_trainer(self) -> Callable:
         module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
         if module is None or not hasattr(module, "view_transform"):
-            raise RuntimeError("no view transform: attach an SSL method via the Trainer or set .view_transform")
+            raise RuntimeError(
+                "no view transform: attach an SSL method via the Trainer or set .view_transform"
+            )
         return module.view_transform()
 
     def _check_first(self, item: Item) -> None:
@@ -173,8 +179,15 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.cache != "disk":
             return None
         key = json.dumps(
-            [str(resolve_source(self.source)), self.spatial_dims, self.intensity, self.ct_window,
-             self.spacing, self.spatial_size], default=str,
+            [
+                str(resolve_source(self.source)),
+                self.spatial_dims,
+                self.intensity,
+                self.ct_window,
+                self.spacing,
+                self.spatial_size,
+            ],
+            default=str,
         )
         root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir() / "persistent"
         return root / hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -104,30 +104,31 @@ class SSLMethod(pl.LightningModule):
         optimizer = self._build_optimizer()
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup_steps = int(round(self.hparams.warmup_epochs * total_steps / epochs))
+        warmup_steps = round(self.hparams["warmup_epochs"] * total_steps / epochs)
         scheduler = CosineWarmupScheduler(
             optimizer,
             warmup_epochs=min(warmup_steps, total_steps - 1),
             max_epochs=total_steps,
-            end_value=self.hparams.min_lr_ratio,
+            end_value=self.hparams["min_lr_ratio"],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
             plain = param.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES)
             (no_decay if plain else decay).append(param)
         groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": decay, "weight_decay": self.hparams["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        lr = self.hparams.lr
-        if self.hparams.optimizer == "adamw":
+        lr = self.hparams["lr"]
+        if self.hparams["optimizer"] == "adamw":
             return torch.optim.AdamW(groups, lr=lr)
-        if self.hparams.optimizer == "sgd":
+        if self.hparams["optimizer"] == "sgd":
             return torch.optim.SGD(groups, lr=lr, momentum=0.9)
         return LARS(groups, lr=lr, momentum=0.9)
 
@@ -136,5 +137,12 @@ class SSLMethod(pl.LightningModule):
         on_step = stage == "train"
         for name, value in losses.items():
             key = f"{stage}/loss" if name == "loss" else f"{stage}/loss_{name}"
-            self.log(key, value.detach(), on_step=on_step, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=batch_size, sync_dist=not on_step)
+            self.log(
+                key,
+                value.detach(),
+                on_step=on_step,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+                sync_dist=not on_step,
+            )

@@ -48,7 +48,9 @@ def intensity_transform(
     keys = list(keys)
     if preset == "ct":
         if isinstance(ct_window, str) and ct_window not in CT_WINDOWS:
-            raise ValueError(f"unknown CT window {ct_window!r}; known: {', '.join(CT_WINDOWS)} or (lower, upper) HU")
+            raise ValueError(
+                f"unknown CT window {ct_window!r}; known: {', '.join(CT_WINDOWS)} or (lower, upper) HU"
+            )
         lower, upper = CT_WINDOWS[ct_window] if isinstance(ct_window, str) else ct_window
         return ScaleIntensityRanged(keys, a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True)
     if preset == "mr":
@@ -61,4 +63,3 @@ def intensity_transform(
     if preset in ("xray", "minmax"):
         return ScaleIntensityd(keys, minv=0.0, maxv=1.0, channel_wise=True)
     return Identityd(keys)
-

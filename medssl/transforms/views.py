@@ -66,8 +66,11 @@ def view_transform(name: str, augment: ViewAugment, spatial_dims: int, source: s
     if augment.gamma != (1.0, 1.0):
         steps.append(RandAdjustContrastd(name, gamma=augment.gamma, prob=0.5))
     if augment.blur_prob > 0:
-        steps.append(RandGaussianSmoothd(name, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0),
-                                         prob=augment.blur_prob))
+        steps.append(
+            RandGaussianSmoothd(
+                name, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=augment.blur_prob
+            )
+        )
     if augment.noise_std > 0:
         steps.append(RandGaussianNoised(name, std=augment.noise_std, prob=0.5))
     return Compose(steps)

@@ -23,7 +23,9 @@ def write_nifti_folder(folder: Path, count: int = 12, shape=(20, 20, 20)) -> Pat
     rng = np.random.default_rng(0)
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     for i in range(count):
-        nib.save(nib.Nifti1Image(rng.random(shape, dtype=np.float32) * 100, affine), folder / f"vol_{i:02d}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(rng.random(shape, dtype=np.float32) * 100, affine), folder / f"vol_{i:02d}.nii.gz"
+        )
     return folder
 
 
@@ -40,8 +42,11 @@ def nifti_folder(tmp_path):
 def smoke_args(spatial_dims: int, source: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "pretrain",
-        "--config", str(SMOKE / f"simclr_{spatial_dims}d.yaml"),
-        "--data.source", str(source),
-        "--trainer.default_root_dir", str(run_dir),
+        "--config",
+        str(SMOKE / f"simclr_{spatial_dims}d.yaml"),
+        "--data.source",
+        str(source),
+        "--trainer.default_root_dir",
+        str(run_dir),
         *extra,
     ]

@@ -32,8 +32,14 @@ def test_broken_folder_gives_one_report_and_no_training(tmp_path, capsys):
 
 def test_skip_bad_drops_the_bad_entries_and_trains(tmp_path, caplog):
     run = tmp_path / "run"
-    assert main(smoke_args(3, _broken_3d_folder(tmp_path), run, "--data.skip_bad", "true",
-                           "--trainer.max_epochs", "1")) == 0
+    assert (
+        main(
+            smoke_args(
+                3, _broken_3d_folder(tmp_path), run, "--data.skip_bad", "true", "--trainer.max_epochs", "1"
+            )
+        )
+        == 0
+    )
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert "vol_01.nii.gz" in caplog.text
 
@@ -43,7 +49,10 @@ def test_skip_bad_drops_the_bad_entries_and_trains(tmp_path, caplog):
     [
         (lambda root: root / "missing.csv", "missing.csv"),
         (lambda root: (root / "empty").mkdir() or root / "empty", "empty"),
-        (lambda root: (root / "list.csv").write_text("path,label\na.nii.gz,1\n") and root / "list.csv", "image"),
+        (
+            lambda root: (root / "list.csv").write_text("path,label\na.nii.gz,1\n") and root / "list.csv",
+            "image",
+        ),
     ],
     ids=["missing-file", "empty-folder", "csv-without-image-column"],
 )

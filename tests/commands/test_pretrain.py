@@ -28,8 +28,12 @@ def test_pretrain_writes_a_complete_run(tmp_path, png_folder, nifti_folder, spat
     assert any(r.get("train/loss_step") for r in rows) and any(r.get("val/loss") for r in rows)
     meta = json.loads((run / "weights" / "medssl.json").read_text())
     assert meta["method"] == "simclr" and meta["spatial_dims"] == spatial_dims
-    plain = build_backbone(meta["backbone"], spatial_dims=spatial_dims, in_channels=1,
-                           **{"widen_factor": 0.125, "small_input": True}).plain_network()
+    plain = build_backbone(
+        meta["backbone"],
+        spatial_dims=spatial_dims,
+        in_channels=1,
+        **{"widen_factor": 0.125, "small_input": True},
+    ).plain_network()
     plain.load_state_dict(load_file(run / "weights" / "backbone.safetensors"), strict=True)
 
 

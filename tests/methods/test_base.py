@@ -1,4 +1,5 @@
 import copy
+import itertools
 
 import pytest
 import pytorch_lightning as pl
@@ -35,8 +36,14 @@ def _loader(n=8, batch_size=2):
 
 
 def _trainer(tmp_path, **kwargs):
-    return pl.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def test_ema_updates_once_per_optimiser_step_with_accumulation(tmp_path, tiny):
@@ -71,8 +78,8 @@ def test_warmup_then_cosine_schedule(tmp_path, tiny):
     assert lrs[0] == pytest.approx(0.1 / 4)  # linear warm-up over 4 steps, no wasted step at lr 0
     assert max(lrs) == pytest.approx(0.1, rel=1e-6) and lrs.index(max(lrs)) == 3
     assert lrs[-1] < 0.01
-    assert all(a < b for a, b in zip(lrs[:3], lrs[1:4]))
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:4]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
 
 
 def test_no_weight_decay_on_biases_and_norms(tiny):

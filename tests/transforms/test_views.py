@@ -38,8 +38,9 @@ def test_views_are_reproducible_with_a_seed():
 
 
 def test_weakest_augment_is_only_a_resize():
-    plain = ViewAugment(size=16, min_scale=1.0, flip_prob=0.0, intensity=0.0, gamma=(1.0, 1.0),
-                        blur_prob=0.0, noise_std=0.0)
+    plain = ViewAugment(
+        size=16, min_scale=1.0, flip_prob=0.0, intensity=0.0, gamma=(1.0, 1.0), blur_prob=0.0, noise_std=0.0
+    )
     image = torch.rand(1, 16, 16)
     out = multi_view_transform([plain], 2)({"image": image})
     assert torch.allclose(out["view_0"], image)
