@@ -13,7 +13,6 @@ import torch
 from monai.transforms import (
     Compose,
     CopyItemsd,
-    DeleteItemsd,
     EnsureTyped,
     RandAdjustContrastd,
     RandFlipd,
@@ -23,6 +22,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     Resized,
+    SelectItemsd,
 )
 
 
@@ -85,7 +85,7 @@ def multi_view_transform(
         [
             CopyItemsd(source, times=len(names), names=names),
             *[view_transform(n, a, spatial_dims) for n, a in zip(names, augments, strict=True)],
-            DeleteItemsd(source),
+            SelectItemsd(names),  # only the views reach the batch: no meta, paths or mixed-type labels
             EnsureTyped(names, data_type="tensor", dtype=torch.float32, track_meta=False),
         ]
     )
