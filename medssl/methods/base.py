@@ -90,6 +90,10 @@ class SSLMethod(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._ema_step = self.trainer.global_step
+        # A resumed run may train longer than the one that saved the checkpoint: end the cosine there.
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, CosineWarmupScheduler):
+                config.scheduler.max_epochs = max(1, int(self.trainer.estimated_stepping_batches))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # global_step only moves on a real optimiser step (not on accumulation-only batches).
