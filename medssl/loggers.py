@@ -41,7 +41,7 @@ def default_loggers(run_dir: str | Path) -> list[Logger]:
     try:
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(run_dir, name="", version="tensorboard"))
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     except ModuleNotFoundError:
         pass
     return loggers
