@@ -70,8 +70,12 @@ class MoCo(SSLMethod):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        queue = _check_options(version, queue_size, mochi, mochi_top_k, mochi_mix, mochi_query_mix)
-        self.version, self.temperature, self.mochi, self.augment = version, temperature, mochi, augment
+        queue = _queue_length(version, queue_size, mochi)
+        if mochi and (mochi_top_k <= 0 or mochi_mix < 0 or mochi_query_mix < 0):
+            raise ValueError(
+                f"mochi needs mochi_top_k > 0, mochi_mix >= 0, mochi_query_mix >= 0 ({locals()})"
+            )
+        self.temperature, self.mochi, self.augment = temperature, mochi, augment
         self.momentum = (momentum_start, momentum_end)
         self.mochi_sizes = {"top_k": mochi_top_k, "num_mix": mochi_mix, "num_query_mix": mochi_query_mix}
         v3 = version == "v3"
@@ -83,8 +87,12 @@ class MoCo(SSLMethod):
         self.key_projection_head = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.key_backbone)
         deactivate_requires_grad(self.key_projection_head)
-        self.criterion = NTXentLoss(temperature, memory_bank_size=(queue, projection_dim), gather_distributed=True)
-        _persist_buffers(self.criterion.memory_bank, "bank", "bank_ptr")  # lightly marks them non-persistent
+        self.criterion: NTXentLoss | None = None  # v2 only: its memory bank is the queue
+        if queue:
+            self.criterion = NTXentLoss(
+                temperature, memory_bank_size=(queue, projection_dim), gather_distributed=True
+            )
+            _persist_buffers(self.criterion.memory_bank, "bank", "bank_ptr")  # lightly: non-persistent
 
     def view_transform(self) -> Compose:
         return multi_view_transform([self.augment, self.augment], self.spatial_dims)
@@ -105,11 +113,11 @@ class MoCo(SSLMethod):
         if self.prediction_head is not None:
             q = self.prediction_head(q)
         k = self._keys(views).roll(len(views) // 2, dims=0)  # (2B, D): the other view's key
-        if self.version == "v3":
+        if self.criterion is None:
             return {"loss": in_batch_infonce(q, k, self.temperature)}
         if not self.mochi:
             return {"loss": self.criterion(q, k)}
-        return {"loss": self._mochi_loss(F.normalize(q, dim=1), F.normalize(k, dim=1))}
+        return {"loss": self._mochi_loss(F.normalize(q, dim=1), F.normalize(k, dim=1), self.criterion)}
 
     @torch.no_grad()
     def _keys(self, views: Tensor) -> Tensor:
@@ -119,8 +127,8 @@ class MoCo(SSLMethod):
         keys = self.key_projection_head(self.key_backbone(shuffled))
         return batch_unshuffle(keys, order, distributed=distributed)
 
-    def _mochi_loss(self, q: Tensor, k: Tensor) -> Tensor:
-        _, queue = self.criterion.memory_bank(k, update=q.requires_grad)  # (D, K), read before k goes in
+    def _mochi_loss(self, q: Tensor, k: Tensor, criterion: NTXentLoss) -> Tensor:
+        _, queue = criterion.memory_bank(k, update=q.requires_grad)  # (D, K), read before k goes in
         queue = queue.T.to(q)  # (K, D)
         hard = mochi_negatives(q, queue, **self.mochi_sizes)  # (2B, mix + query_mix, D)
         logits = moco_logits(q, k, queue, self.temperature, hard)  # (2B, 1 + K + mix + query_mix)
@@ -138,8 +146,8 @@ def in_batch_infonce(q: Tensor, k: Tensor, temperature: float) -> Tensor:
     return torch.stack(losses).mean()
 
 
-def _check_options(version: str, queue_size: int | None, mochi: bool, *mochi_sizes: int) -> int:
-    """Validate the options and return the queue length (0 for v3)."""
+def _queue_length(version: str, queue_size: int | None, mochi: bool) -> int:
+    """Validate the queue options; the queue length (0 for v3)."""
     if version == "v3":
         if queue_size:
             raise ValueError(f"MoCo v3 uses in-batch negatives and has no queue; got queue_size={queue_size}")
@@ -148,9 +156,9 @@ def _check_options(version: str, queue_size: int | None, mochi: bool, *mochi_siz
         return 0
     queue = 4096 if queue_size is None else queue_size
     if queue <= 0:
-        raise ValueError(f"MoCo v2 needs queue_size > 0 (got {queue}); use version='v3' for in-batch negatives")
-    if mochi and (mochi_sizes[0] <= 0 or min(mochi_sizes) < 0):
-        raise ValueError(f"mochi_top_k must be > 0 and mochi_mix, mochi_query_mix >= 0; got {mochi_sizes}")
+        raise ValueError(
+            f"MoCo v2 needs queue_size > 0 (got {queue}); use version='v3' for in-batch negatives"
+        )
     return queue
 
 
