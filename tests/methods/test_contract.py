@@ -1,0 +1,82 @@
+"""One contract over every registered SSL method, in 2D and 3D, on tiny backbones.
+
+Adding a method = adding its tiny options to ``TINY``; the test fails for a method that has none.
+"""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from medssl.methods import METHODS, list_methods
+from medssl.transforms.views import ViewAugment
+
+IMAGE = {2: (32, 32), 3: (16, 16, 16)}
+RESNET = {"backbone": "resnet10", "backbone_kwargs": {"widen_factor": 0.125, "small_input": True}}
+
+
+def _vit(dims):
+    size = IMAGE[dims]
+    return {
+        "backbone": "vit_tiny",
+        "backbone_kwargs": {"img_size": list(size), "patch_size": 4 if dims == 3 else 8,
+                            "hidden_size": 32, "num_layers": 2, "num_heads": 2, "mlp_dim": 64},
+    }
+
+
+TINY = {
+    "simclr": lambda dims: {**RESNET, "hidden_dim": 16, "projection_dim": 8, "augment": ViewAugment(size=12)},
+}
+
+
+def _build(name, dims):
+    if name not in TINY:
+        pytest.fail(f"method {name!r} has no entry in TINY (tests/methods/test_contract.py)")
+    torch.manual_seed(0)
+    return METHODS.get(name)(spatial_dims=dims, **TINY[name](dims))
+
+
+def _batch(method, dims, size=4):
+    views = method.view_transform()
+    return default_collate([views({"image": torch.rand(1, *IMAGE[dims])}) for _ in range(size)])
+
+
+CASES = [(name, dims) for name in list_methods() for dims in (2, 3)]
+
+
+@pytest.mark.parametrize("name, dims", CASES)
+def test_loss_is_finite_and_every_trainable_parameter_gets_a_gradient(name, dims):
+    method = _build(name, dims)
+    losses = method.compute_loss(_batch(method, dims))
+    assert "loss" in losses and all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    missing = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+    for _online, ema in method.ema_pairs():
+        assert all(not p.requires_grad and p.grad is None for p in ema.parameters())
+
+
+@pytest.mark.parametrize("name, dims", CASES)
+def test_ema_parameters_change_only_by_the_ema_rule(name, dims, tmp_path):
+    method = _build(name, dims)
+    pairs = method.ema_pairs()
+    before = [[p.detach().clone() for p in ema.parameters()] for _, ema in pairs]
+    batches = [_batch(method, dims) for _ in range(2)]
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(method, DataLoader(batches, batch_size=None))
+    momentum = method.ema_momentum()
+    for (online, ema), old in zip(pairs, before, strict=True):
+        for p_online, p_ema, p_old in zip(online.parameters(), ema.parameters(), old, strict=True):
+            expected = momentum * p_old + (1 - momentum) * p_online.detach()
+            assert torch.allclose(p_ema, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, dims", CASES)
+def test_one_batch_fast_dev_run(name, dims, tmp_path):
+    method = _build(name, dims)
+    batches = [_batch(method, dims)]
+    trainer = pl.Trainer(fast_dev_run=1, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(method, DataLoader(batches, batch_size=None), DataLoader(batches, batch_size=None))
+    assert trainer.state.finished
