@@ -2,7 +2,8 @@
 
 An item is a dict: `"image"` (absolute path, or for MedMNIST a channel-first ndarray `(C, *spatial)`) and
 optionally `"label"` (int, list of ints for multi-label, or str), `"mask"` (path), `"patient_id"`, `"split"`
-(train / val / test).
+(train / val / test) and `"position"` (a float in [0, 1]: where a slice or patch lies in its volume, used by
+position-aware contrastive methods such as JCL).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ Item = dict[str, Any]
 
 logger = logging.getLogger("medssl.data")
 
-ITEM_KEYS = ("image", "label", "mask", "patient_id", "split")
+ITEM_KEYS = ("image", "label", "mask", "patient_id", "split", "position")
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
 # Sub-folders a folder scan leaves out: annotations are given through a CSV, JSON or dataset.json.
@@ -124,6 +125,13 @@ def _parse_label(value: Any) -> int | list[int] | str:
     return value.strip()
 
 
+def _parse_position(value: Any) -> float:
+    position = float(value)
+    if not 0.0 <= position <= 1.0:
+        raise ValueError(f"position {value!r} must be a normalised position in [0, 1]")
+    return position
+
+
 def _normalise(raw: dict[str, Any], base: Path, split: str | None = None) -> Item:
     """Resolve paths against `base`, parse labels, map a label that is an image path to `"mask"`."""
     item = {k: v for k, v in raw.items() if k in ITEM_KEYS and v not in (None, "")}
@@ -139,6 +147,8 @@ def _normalise(raw: dict[str, Any], base: Path, split: str | None = None) -> Ite
             item[key] = os.path.abspath(base / Path(item[key]).expanduser())
     if "patient_id" in item:
         item["patient_id"] = str(item["patient_id"])
+    if "position" in item:
+        item["position"] = _parse_position(item["position"])
     item_split = str(item.get("split", split or "")).strip().lower()
     if item_split:
         item_split = _SPLIT_ALIASES.get(item_split, item_split)

@@ -1,6 +1,7 @@
 """SSL methods: one file each on the shared ``SSLMethod`` base."""
 
 from medssl.methods.base import METHODS, SSLMethod
+from medssl.methods.jcl import JCL
 from medssl.methods.simclr import SimCLR
 
 
@@ -9,4 +10,4 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["METHODS", "SSLMethod", "SimCLR", "list_methods"]
+__all__ = ["JCL", "METHODS", "SSLMethod", "SimCLR", "list_methods"]

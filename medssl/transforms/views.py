@@ -49,15 +49,20 @@ class ViewAugment:
     noise_std: float = 0.02
 
 
-def view_transform(name: str, augment: ViewAugment, spatial_dims: int, source: str = "image") -> Compose:
-    """Build one augmented view ``name`` from the key ``source`` (random resized crop, flips, intensity)."""
-    size = _per_axis(augment.size, spatial_dims)
+def spatial_steps(name: str, augment: ViewAugment, spatial_dims: int) -> list:
+    """Random resized crop to ``augment.size`` and random flips of the key ``name``."""
     steps: list = [
         RandScaleCropd(name, roi_scale=augment.min_scale, max_roi_scale=1.0, random_size=True),
-        Resized(name, spatial_size=size, mode="area"),
+        Resized(name, spatial_size=per_axis(augment.size, spatial_dims), mode="area"),
     ]
     if augment.flip_prob > 0:
         steps += [RandFlipd(name, prob=augment.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
+    return steps
+
+
+def intensity_steps(name: str, augment: ViewAugment) -> list:
+    """Random intensity scale/shift, gamma, blur and noise of the key ``name`` (no spatial change)."""
+    steps: list = []
     if augment.intensity > 0:
         steps += [
             RandScaleIntensityd(name, factors=augment.intensity, prob=0.8),
@@ -66,14 +71,18 @@ def view_transform(name: str, augment: ViewAugment, spatial_dims: int, source: s
     if augment.gamma != (1.0, 1.0):
         steps.append(RandAdjustContrastd(name, gamma=augment.gamma, prob=0.5))
     if augment.blur_prob > 0:
+        sigma = (0.25, 1.0)
         steps.append(
-            RandGaussianSmoothd(
-                name, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0), prob=augment.blur_prob
-            )
+            RandGaussianSmoothd(name, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=augment.blur_prob)
         )
     if augment.noise_std > 0:
         steps.append(RandGaussianNoised(name, std=augment.noise_std, prob=0.5))
-    return Compose(steps)
+    return steps
+
+
+def view_transform(name: str, augment: ViewAugment, spatial_dims: int, source: str = "image") -> Compose:
+    """Build one augmented view ``name`` (random resized crop, flips, intensity) in place."""
+    return Compose(spatial_steps(name, augment, spatial_dims) + intensity_steps(name, augment))
 
 
 def multi_view_transform(
@@ -91,7 +100,7 @@ def multi_view_transform(
     )
 
 
-def _per_axis(size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+def per_axis(size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
     if isinstance(size, int):
         return (size,) * spatial_dims
     if len(size) != spatial_dims:

@@ -19,12 +19,25 @@ def _vit(dims):
     size = IMAGE[dims]
     return {
         "backbone": "vit_tiny",
-        "backbone_kwargs": {"img_size": list(size), "patch_size": 4 if dims == 3 else 8,
-                            "hidden_size": 32, "num_layers": 2, "num_heads": 2, "mlp_dim": 64},
+        "backbone_kwargs": {
+            "img_size": list(size),
+            "patch_size": 4 if dims == 3 else 8,
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "mlp_dim": 64,
+        },
     }
 
 
 TINY = {
+    "jcl": lambda dims: {
+        "backbone_kwargs": {"features": [4, 4, 8, 8, 16, 4]},
+        "scale": 0.5,
+        "augment": ViewAugment(size=64 if dims == 2 else (32, 64, 32)),
+        "hidden_dim": 16,
+        "projection_dim": 8,
+    },
     "simclr": lambda dims: {**RESNET, "hidden_dim": 16, "projection_dim": 8, "augment": ViewAugment(size=12)},
 }
 
@@ -62,8 +75,14 @@ def test_ema_parameters_change_only_by_the_ema_rule(name, dims, tmp_path):
     pairs = method.ema_pairs()
     before = [[p.detach().clone() for p in ema.parameters()] for _, ema in pairs]
     batches = [_batch(method, dims) for _ in range(2)]
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(method, DataLoader(batches, batch_size=None))
     momentum = method.ema_momentum()
     for (online, ema), old in zip(pairs, before, strict=True):
@@ -76,7 +95,8 @@ def test_ema_parameters_change_only_by_the_ema_rule(name, dims, tmp_path):
 def test_one_batch_fast_dev_run(name, dims, tmp_path):
     method = _build(name, dims)
     batches = [_batch(method, dims)]
-    trainer = pl.Trainer(fast_dev_run=1, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        fast_dev_run=1, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
     trainer.fit(method, DataLoader(batches, batch_size=None), DataLoader(batches, batch_size=None))
     assert trainer.state.finished
