@@ -17,6 +17,7 @@ _API = {
     "load_datalist": "medssl.data",
     "PretrainDataModule": "medssl.data.datamodule",
     "build_demo_dataset": "medssl.data.demo",
+    "load_pretrained": "medssl.export",
 }
 
 __all__ = ["__version__", *_API]

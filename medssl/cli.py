@@ -11,6 +11,8 @@ USAGE = """usage: medssl <command> [options]
 
 commands:
   pretrain   self-supervised pretraining: medssl pretrain --config recipes/pretrain/<recipe>.yaml
+  finetune   fine-tuning, then test metrics: medssl finetune --config recipes/finetune/<recipe>.yaml
+  export     pretrained weights for other tools: medssl export <run dir> --out <dir> [--format ...]
   demo       offline demo on real anatomy (MNI152 brain template) shipped with nilearn
   list       registered methods, backbones and intensity presets
 
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medssl {__version__}")
         return 0
     command, rest = args[0], args[1:]
-    commands = {"pretrain": _pretrain, "demo": _demo, "list": _list}
+    commands = {"pretrain": _pretrain, "finetune": _finetune, "export": _export, "demo": _demo, "list": _list}
     if command not in commands:
         close = difflib.get_close_matches(command, commands, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -49,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pretrain(args: list[str]) -> None:
     from medssl.commands.pretrain import run
+
+    run(args)
+
+
+def _finetune(args: list[str]) -> None:
+    from medssl.commands.finetune import run
+
+    run(args)
+
+
+def _export(args: list[str]) -> None:
+    from medssl.commands.export import run
 
     run(args)
 

@@ -3,5 +3,11 @@
 from medssl.commands.pretrain import RunDirError
 from medssl.data.caching import CacheTooLargeError
 from medssl.data.validation import DatalistError
+from medssl.export.files import ExportError
 
-USER_ERRORS: tuple[type[Exception], ...] = (DatalistError, CacheTooLargeError, RunDirError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DatalistError,
+    CacheTooLargeError,
+    RunDirError,
+    ExportError,
+)

@@ -38,6 +38,12 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
             ) from None
 
+    def name_of(self, obj: object) -> str:
+        """The name ``obj`` is registered under, or its lower-case ``__name__`` when unregistered."""
+        return next(
+            (n for n, o in self._items.items() if o is obj), getattr(obj, "__name__", str(obj)).lower()
+        )
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

@@ -6,6 +6,7 @@ teacher or momentum encoder, its EMA pairs (``ema_pairs``). Everything else live
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -55,6 +56,9 @@ class SSLMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):  # plain containers: checkpoints load with weights_only
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                self.hparams[key] = dataclasses.asdict(value)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.backbone = build_backbone(
@@ -79,7 +83,19 @@ class SSLMethod(pl.LightningModule):
         """Momentum for the EMA update at the current step."""
         return 0.996
 
+    @property
+    def pretrained_decoder_blocks(self) -> int:
+        """Decoder blocks (coarse to fine) this method trains; 0 for encoder-only methods."""
+        return 0
+
     # --- shared machinery -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What an export needs to know without rebuilding the method (checkpoints hold no code).
+        checkpoint["medssl"] = {
+            "method": METHODS.name_of(type(self)),
+            "pretrained_decoder_blocks": self.pretrained_decoder_blocks,
+        }
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.compute_loss(batch)
         self._log_losses("train", losses, batch)

@@ -95,7 +95,6 @@ class JCL(SSLMethod):
 
     @property
     def pretrained_decoder_blocks(self) -> int:
-        """How many decoder blocks (coarse to fine) this method trains; the export records it."""
         return self.num_blocks
 
     def view_transform(self) -> Compose:

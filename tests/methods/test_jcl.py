@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
+from safetensors.torch import load_file
 from torch.utils.data import default_collate
 
 from medssl.methods.jcl import JCL
@@ -226,3 +227,6 @@ def test_cli_smoke_run_writes_unet_weights(tmp_path, dims):
     ]
     assert main(args) == 0
     assert (run / "weights" / "backbone.safetensors").is_file()
+    assert main(["export", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "export")]) == 0
+    decoder = load_file(tmp_path / "export" / "decoder.safetensors")
+    assert decoder and {key.split(".")[0] for key in decoder} == {"upcat_4"}  # scale 0.5: one block pretrained
