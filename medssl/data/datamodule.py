@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,16 +10,14 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 from monai.data import DataLoader
-from monai.transforms import Compose, Orientationd, ResizeWithPadOrCropd, Spacingd
+from monai.transforms import Compose
 
 from medssl.data.caching import CacheMode, check_fits, estimate_bytes, make_dataset
 from medssl.data.datalist import Item, load_datalist
-from medssl.data.paths import cache_dir as default_cache_dir
 from medssl.data.paths import resolve_source
-from medssl.data.readers import LoadItemd
+from medssl.data.preprocess import check_channels, persistent_dir, preprocess_transform
 from medssl.data.splits import split_train_val
-from medssl.data.validation import DatalistError, Problem, check_datalist
-from medssl.transforms.intensity import intensity_transform
+from medssl.data.validation import check_datalist
 
 log = logging.getLogger("medssl.data")
 
@@ -108,22 +104,20 @@ class PretrainDataModule(pl.LightningDataModule):
                 skip_bad=self.skip_bad,
                 source=str(path),
             )
-            self._check_first(items[0])
+            check_channels(self.preprocess(), items[0], self.in_channels, self.source)
             self._splits = split_train_val(items, val_fraction=self.val_fraction, seed=self.seed)
             log.info("%s: %d train / %d val images", path, *map(len, self._splits))
         return self._splits
 
     def preprocess(self) -> Compose:
         """The deterministic, cacheable part: load, orient, resample, intensity preset, pad/crop."""
-        steps: list = [LoadItemd("image")]
-        if self.spatial_dims == 3:
-            steps.append(Orientationd("image", axcodes="RAS"))
-            if self.spacing:
-                steps.append(Spacingd("image", pixdim=self.spacing, mode="bilinear"))
-        steps.append(intensity_transform(self.intensity, ["image"], ct_window=self.ct_window))
-        if self.spatial_size:
-            steps.append(ResizeWithPadOrCropd("image", spatial_size=self.spatial_size))
-        return Compose(steps)
+        return preprocess_transform(
+            spatial_dims=self.spatial_dims,
+            intensity=self.intensity,
+            ct_window=self.ct_window,
+            spacing=self.spacing,
+            spatial_size=self.spatial_size,
+        )
 
     # --- Lightning hooks ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -166,28 +160,15 @@ class PretrainDataModule(pl.LightningDataModule):
             )
         return module.view_transform()
 
-    def _check_first(self, item: Item) -> None:
-        """Load one image fully: catches channel mismatches before a long run starts."""
-        image = self.preprocess()(dict(item))["image"]
-        if image.shape[0] != self.in_channels:
-            path = item["image"] if isinstance(item["image"], str) else self.source
-            raise DatalistError(
-                [Problem(str(path), f"has {image.shape[0]} channels but in_channels={self.in_channels}")]
-            )
-
     def _persistent_dir(self) -> Path | None:
         if self.cache != "disk":
             return None
-        key = json.dumps(
-            [
-                str(resolve_source(self.source)),
-                self.spatial_dims,
-                self.intensity,
-                self.ct_window,
-                self.spacing,
-                self.spatial_size,
-            ],
-            default=str,
-        )
-        root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir() / "persistent"
-        return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+        settings = [
+            str(resolve_source(self.source)),
+            self.spatial_dims,
+            self.intensity,
+            self.ct_window,
+            self.spacing,
+            self.spatial_size,
+        ]
+        return persistent_dir(self.cache_dir, settings)

@@ -21,7 +21,7 @@ frozen, and the export marks only the first ``k`` blocks as pretrained.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from monai.networks.layers import Conv
 from monai.transforms import Compose
 from torch import Tensor
 
+from medssl.backbones.unet import UNetBackbone
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.contrastive import multi_positive_info_nce, position_positives
 from medssl.transforms.aligned import aligned_pair_transform
@@ -76,17 +77,19 @@ class JCL(SSLMethod):
         if not getattr(self.backbone, "is_encoder_decoder", False):
             raise ValueError(f"JCL needs an encoder-decoder backbone such as 'unet', got {backbone!r}")
         self.scale = scale if scale is not None else (0.25 if self.spatial_dims == 2 else 0.5)
-        self.num_blocks = _decoder_blocks_for(self.scale, len(self.backbone.decoder_blocks))
+        self.num_blocks = _decoder_blocks_for(self.scale, len(self.unet.decoder_blocks))
         _check_view_size(augment, self.scale, self.spatial_dims)
         self.augment, self.temperature = augment, temperature
         self.weights = {"image": weight_image, "pixel": weight_pixel, "feature": weight_feature}
+        if not any(self.weights.values()):
+            raise ValueError("JCL needs at least one non-zero loss weight (weight_image/pixel/feature)")
         self.pixel_locations, self.position_threshold = pixel_locations, position_threshold
-        for block in self.backbone.decoder_blocks[self.num_blocks :]:
+        for block in self.unet.decoder_blocks[self.num_blocks :]:
             block.requires_grad_(False)
-        self.backbone.final_conv.requires_grad_(False)
+        self.unet.final_conv.requires_grad_(False)
 
-        small_channels = self.backbone.decoder_channels[self.num_blocks - 1]
-        full_channels = self.backbone.num_features
+        small_channels = self.unet.decoder_channels[self.num_blocks - 1]
+        full_channels = self.unet.num_features
         conv = Conv[Conv.CONV, self.spatial_dims]
         self.image_head_small = SimCLRProjectionHead(small_channels, hidden_dim, projection_dim)
         self.image_head_full = SimCLRProjectionHead(full_channels, hidden_dim, projection_dim)
@@ -97,14 +100,19 @@ class JCL(SSLMethod):
     def pretrained_decoder_blocks(self) -> int:
         return self.num_blocks
 
+    @property
+    def unet(self) -> UNetBackbone:
+        """``self.backbone``, typed (a second attribute would register the module twice)."""
+        return cast(UNetBackbone, self.backbone)
+
     def view_transform(self) -> Compose:
         return aligned_pair_transform(self.augment, self.scale, self.spatial_dims)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         full, small = batch["view_full"], batch["view_small"]  # (B, C, *S), (B, C, *S * scale)
-        full_features = self.backbone.forward_features(full)  # bottleneck: (B, F, *S / 16)
-        small_features = self.backbone.forward_features(small)  # bottleneck: (B, F, *S * scale / 16)
-        decoded = self.backbone.decode(small_features, self.num_blocks)  # (B, Cd, *S / 16): the shared grid
+        full_features = self.unet.forward_features(full)  # bottleneck: (B, F, *S / 16)
+        small_features = self.unet.forward_features(small)  # bottleneck: (B, F, *S * scale / 16)
+        decoded = self.unet.decode(small_features, self.num_blocks)  # (B, Cd, *S / 16): the shared grid
         bottleneck = full_features[-1]
         positives = position_positives(batch.get("position"), full.shape[0], self.position_threshold)
         positives = positives.to(full.device)
@@ -121,7 +129,7 @@ class JCL(SSLMethod):
         if self.weights["feature"]:
             target = F.interpolate(bottleneck, size=small_features[-1].shape[2:], mode="area")
             terms["feature"] = F.l1_loss(small_features[-1], target)
-        terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
+        terms["loss"] = torch.stack([self.weights[name] * value for name, value in terms.items()]).sum()
         return terms
 
     def _locations(self, maps: Tensor, like: Tensor | None = None) -> Tensor:

@@ -1,0 +1,79 @@
+"""``medssl finetune``: LightningCLI over the fine-tuning modules; fit, then test the best checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from medssl.commands.run_cli import RunCLI, build, resume_path
+from medssl.finetune.classification import ClassificationModule
+
+log = logging.getLogger("medssl.finetune")
+
+#: DataModule options the module must agree with, linked on the command line.
+LINKED = ("spatial_dims", "in_channels", "num_classes", "multi_label")
+
+
+class FinetuneCLI(RunCLI):
+    """Recipe = ``recipes/base/finetune.yaml`` + the recipe's delta + command-line overrides."""
+
+    LINKS = tuple((f"data.{key}", f"model.{key}") for key in LINKED)
+
+
+def build_cli(args: list[str]) -> FinetuneCLI:
+    """Parse ``args`` and instantiate module (loading the pretrained weights), data and trainer."""
+    from medssl.finetune.cls_data import ClassificationDataModule
+
+    return build(
+        FinetuneCLI,
+        "finetune",
+        "finetune",
+        args,
+        model_class=ClassificationModule,
+        datamodule_class=ClassificationDataModule,
+    )
+
+
+def run(args: list[str]) -> Path:
+    """Fine-tune, test the best checkpoint on the test split, write ``test_metrics.json``; the run dir."""
+    cli = build_cli(args)
+    run_dir = Path(cli.trainer.default_root_dir)
+    ckpt_path = resume_path(run_dir, cli.config.ckpt_path)
+    cli.datamodule.items()  # check the whole datalist before anything is written
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    best = best_checkpoint(cli.trainer)
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+    metrics = {key: float(value) for key, value in sorted(results[0].items())}
+    write_test_metrics(run_dir, metrics, checkpoint=best, model=cli.model)
+    print(f"run directory: {run_dir.resolve()}")
+    print(f"test metrics (checkpoint {best or 'last weights'}):")
+    for key, value in metrics.items():
+        print(f"  {key}: {value:.4f}")
+    return run_dir
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The monitored ModelCheckpoint's best file, else None (the weights at the end of fitting)."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+        return callback.best_model_path
+    log.warning(
+        "no best checkpoint (no monitored ModelCheckpoint or no validation): testing the last weights"
+    )
+    return None
+
+
+def write_test_metrics(
+    run_dir: Path, metrics: dict[str, float], *, checkpoint: str | None, model: Any
+) -> Path:
+    """``<run dir>/test_metrics.json``: the metrics, the checkpoint tested and the pretrained source."""
+    out = run_dir / "test_metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"checkpoint": checkpoint, "pretrained": model.load_report.source, "metrics": metrics}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out

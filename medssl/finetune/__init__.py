@@ -1,0 +1,8 @@
+"""Fine-tuning of pretrained backbones: classification and segmentation modules, their data, weight loading.
+
+- ``medssl.finetune.pretrained``: ``load_backbone_weights`` (run dir, checkpoint, export dir)
+- ``medssl.finetune.classification``: ``ClassificationModule`` (linear probe or fine-tune)
+- ``medssl.finetune.cls_data``: ``ClassificationDataModule`` (patient-level splits, label fractions)
+
+Import from those modules directly; this package stays import-light (the CLI's error list imports it).
+"""
