@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser
 
 from medssl.commands.run_cli import RunCLI, build, resume_path
 from medssl.finetune.classification import ClassificationModule
@@ -19,24 +21,50 @@ log = logging.getLogger("medssl.finetune")
 LINKED = ("spatial_dims", "in_channels", "num_classes", "multi_label")
 
 
+TASKS = ("classification", "segmentation")
+
+
 class FinetuneCLI(RunCLI):
-    """Recipe = ``recipes/base/finetune.yaml`` + the recipe's delta + command-line overrides."""
+    """Classification: ``recipes/base/finetune.yaml`` + the recipe's delta + command-line overrides."""
 
     LINKS = tuple((f"data.{key}", f"model.{key}") for key in LINKED)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--task", choices=TASKS, default="classification", help="set by the recipe")
+
+
+class SegmentationCLI(FinetuneCLI):
+    """Segmentation: ``recipes/base/finetune_seg.yaml`` + the recipe's delta + command-line overrides."""
+
+    LINKS = tuple((f"data.{key}", f"model.{key}") for key in ("spatial_dims", "in_channels", "num_classes"))
+
+
+def recipe_task(args: list[str]) -> str:
+    """The ``task`` named by the last ``--config`` recipe or ``--task``; ``classification`` by default."""
+    task = "classification"
+    pairs = [a.split("=", 1) if "=" in a else [a, b] for a, b in zip(args, [*args[1:], ""], strict=True)]
+    for flag, value in pairs:
+        if flag == "--config" and Path(value).is_file():
+            recipe = yaml.safe_load(Path(value).read_text())
+            task = recipe.get("task", task) if isinstance(recipe, dict) else task
+        elif flag == "--task":
+            task = value
+    return task
 
 
 def build_cli(args: list[str]) -> FinetuneCLI:
     """Parse ``args`` and instantiate module (loading the pretrained weights), data and trainer."""
+    if recipe_task(args) == "segmentation":
+        from medssl.finetune.seg_data import SegmentationDataModule
+        from medssl.finetune.segmentation import SegmentationModule
+
+        return build(SegmentationCLI, "finetune", "finetune_seg", args,
+                     model_class=SegmentationModule, datamodule_class=SegmentationDataModule)
     from medssl.finetune.cls_data import ClassificationDataModule
 
-    return build(
-        FinetuneCLI,
-        "finetune",
-        "finetune",
-        args,
-        model_class=ClassificationModule,
-        datamodule_class=ClassificationDataModule,
-    )
+    return build(FinetuneCLI, "finetune", "finetune", args,
+                 model_class=ClassificationModule, datamodule_class=ClassificationDataModule)
 
 
 def run(args: list[str]) -> Path:
