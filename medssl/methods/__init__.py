@@ -1,6 +1,7 @@
 """SSL methods: one file each on the shared ``SSLMethod`` base."""
 
 from medssl.methods.base import METHODS, SSLMethod
+from medssl.methods.dino import DINO
 from medssl.methods.jcl import JCL
 from medssl.methods.simclr import SimCLR
 
@@ -10,4 +11,4 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["JCL", "METHODS", "SSLMethod", "SimCLR", "list_methods"]
+__all__ = ["DINO", "JCL", "METHODS", "SSLMethod", "SimCLR", "list_methods"]

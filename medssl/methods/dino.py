@@ -40,6 +40,7 @@ class DINO(SSLMethod):
         bottleneck_dim: size of the l2-normalised bottleneck before the last layer.
         output_dim: number of prototypes (the softmax size).
         norm_last_layer: fix the norm of the last layer's weight (more stable).
+        batch_norm: batch norm in the head's MLP; helps ResNets on small data, keep it off for ViTs.
         freeze_last_layer_epochs: the last layer gets no update during these first epochs.
         momentum_start: teacher EMA momentum at the first step; cosine schedule to 1.0 at the last.
         warmup_teacher_temp: teacher temperature at epoch 0, raised linearly to ``teacher_temp``.
@@ -61,6 +62,7 @@ class DINO(SSLMethod):
         bottleneck_dim: int = 64,
         output_dim: int = 2048,
         norm_last_layer: bool = True,
+        batch_norm: bool = False,
         freeze_last_layer_epochs: int = 1,
         momentum_start: float = 0.996,
         warmup_teacher_temp: float = 0.04,
@@ -81,7 +83,7 @@ class DINO(SSLMethod):
         self.local_max_scale = local_max_scale
         self.momentum_start = momentum_start
         _check_crop_sizes(self.backbone, {"global": global_augment.size, "local": local_augment.size})
-        head_options = (self.backbone.num_features, hidden_dim, bottleneck_dim, output_dim)
+        head_options = (self.backbone.num_features, hidden_dim, bottleneck_dim, output_dim, batch_norm)
         self.projection_head = DINOProjectionHead(
             *head_options, freeze_last_layer=freeze_last_layer_epochs, norm_last_layer=norm_last_layer
         )

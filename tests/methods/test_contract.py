@@ -31,6 +31,15 @@ def _vit(dims):
 
 
 TINY = {
+    "dino": lambda dims: {
+        **RESNET,
+        "hidden_dim": 16,
+        "bottleneck_dim": 8,
+        "output_dim": 32,
+        "global_augment": ViewAugment(size=16),
+        "local_augment": ViewAugment(size=8),
+        "num_local": 2,
+    },
     "jcl": lambda dims: {
         "backbone_kwargs": {"features": [4, 4, 8, 8, 16, 4]},
         "scale": 0.5,
