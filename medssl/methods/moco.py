@@ -22,7 +22,7 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 
 from medssl.methods.base import METHODS, SSLMethod
-from medssl.ops.mochi import mochi_negatives, moco_logits
+from medssl.ops.mochi import in_batch_infonce, mochi_negatives, moco_logits
 from medssl.transforms.views import ViewAugment, multi_view_transform
 
 
@@ -70,14 +70,10 @@ class MoCo(SSLMethod):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        queue = _queue_length(version, queue_size, mochi)
-        if mochi and (mochi_top_k <= 0 or mochi_mix < 0 or mochi_query_mix < 0):
-            raise ValueError(
-                f"mochi needs mochi_top_k > 0, mochi_mix >= 0, mochi_query_mix >= 0 ({locals()})"
-            )
+        self.mochi_sizes = (mochi_top_k, mochi_mix, mochi_query_mix)
+        queue = _check_options(version, queue_size, mochi, self.mochi_sizes)
         self.temperature, self.mochi, self.augment = temperature, mochi, augment
         self.momentum = (momentum_start, momentum_end)
-        self.mochi_sizes = {"top_k": mochi_top_k, "num_mix": mochi_mix, "num_query_mix": mochi_query_mix}
         v3 = version == "v3"
         self.projection_head = MoCoProjectionHead(
             self.backbone.num_features, hidden_dim, projection_dim, num_layers=3 if v3 else 2, batch_norm=v3
@@ -105,7 +101,8 @@ class MoCo(SSLMethod):
         total = self._trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         if not math.isfinite(total):
             return start
-        return cosine_schedule(self.trainer.global_step, max(1, int(total)), start, end)
+        step = max(self.trainer.global_step - 1, 0)  # the optimiser step just taken, counted from 0
+        return cosine_schedule(step, max(1, int(total)), start, end)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         views = torch.cat([batch["view_0"], batch["view_1"]])  # (2B, C, *spatial): one forward pass
@@ -117,7 +114,7 @@ class MoCo(SSLMethod):
             return {"loss": in_batch_infonce(q, k, self.temperature)}
         if not self.mochi:
             return {"loss": self.criterion(q, k)}
-        return {"loss": self._mochi_loss(F.normalize(q, dim=1), F.normalize(k, dim=1), self.criterion)}
+        return {"loss": self._mochi_loss(q, k, self.criterion)}
 
     @torch.no_grad()
     def _keys(self, views: Tensor) -> Tensor:
@@ -128,26 +125,20 @@ class MoCo(SSLMethod):
         return batch_unshuffle(keys, order, distributed=distributed)
 
     def _mochi_loss(self, q: Tensor, k: Tensor, criterion: NTXentLoss) -> Tensor:
+        """InfoNCE of [0] with MoCHi negatives ([2]) appended; the keys enter the queue afterwards."""
+        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
         _, queue = criterion.memory_bank(k, update=q.requires_grad)  # (D, K), read before k goes in
         queue = queue.T.to(q)  # (K, D)
-        hard = mochi_negatives(q, queue, **self.mochi_sizes)  # (2B, mix + query_mix, D)
+        top_k, num_mix, num_query_mix = self.mochi_sizes
+        hard = mochi_negatives(
+            q, queue, top_k=top_k, num_mix=num_mix, num_query_mix=num_query_mix
+        )  # (2B, mix + query_mix, D)
         logits = moco_logits(q, k, queue, self.temperature, hard)  # (2B, 1 + K + mix + query_mix)
         return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
-def in_batch_infonce(q: Tensor, k: Tensor, temperature: float) -> Tensor:
-    """MoCo v3 InfoNCE: each view's queries ``(B, D)`` against the other keys of that view over all ranks."""
-    losses = []
-    for q_view, k_view in zip(q.chunk(2), k.chunk(2), strict=True):
-        keys = torch.cat(dist.gather(k_view)) if dist.world_size() > 1 else k_view  # (B * ranks, D)
-        logits = F.normalize(q_view, dim=1) @ F.normalize(keys, dim=1).T / temperature  # (B, B * ranks)
-        labels = torch.arange(len(q_view), device=q.device) + dist.rank() * len(q_view)
-        losses.append(F.cross_entropy(logits, labels))
-    return torch.stack(losses).mean()
-
-
-def _queue_length(version: str, queue_size: int | None, mochi: bool) -> int:
-    """Validate the queue options; the queue length (0 for v3)."""
+def _check_options(version: str, queue_size: int | None, mochi: bool, mochi_sizes: tuple[int, ...]) -> int:
+    """Validate the options; return the queue length (0 for v3)."""
     if version == "v3":
         if queue_size:
             raise ValueError(f"MoCo v3 uses in-batch negatives and has no queue; got queue_size={queue_size}")
@@ -158,6 +149,10 @@ def _queue_length(version: str, queue_size: int | None, mochi: bool) -> int:
     if queue <= 0:
         raise ValueError(
             f"MoCo v2 needs queue_size > 0 (got {queue}); use version='v3' for in-batch negatives"
+        )
+    if mochi and (mochi_sizes[0] <= 0 or min(mochi_sizes) < 0):
+        raise ValueError(
+            f"mochi needs mochi_top_k > 0 and mochi_mix, mochi_query_mix >= 0; got {mochi_sizes}"
         )
     return queue
 

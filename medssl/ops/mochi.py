@@ -1,13 +1,15 @@
-"""MoCo InfoNCE logits and MoCHi hard negative mixing, as plain functions on L2-normalised embeddings.
+"""MoCo InfoNCE pieces as plain functions: queue logits, MoCHi hard negative mixing, v3 in-batch loss.
 
 - [0]: MoCo, 2020, https://arxiv.org/abs/1911.05722
 - [1]: MoCHi, 2020, https://arxiv.org/abs/2010.01028
+- [2]: MoCo v3, 2021, https://arxiv.org/abs/2104.02057
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from lightly.utils import dist
 from torch import Tensor
 
 
@@ -21,7 +23,7 @@ def moco_logits(
         k: normalised positive keys ``(B, D)``.
         queue: normalised negative keys ``(K, D)`` shared by every query.
         temperature: the logits are divided by it.
-        hard_negatives: optional normalised negatives ``(B, M, D)``, ``M`` per query, e.g. from ``mochi_negatives``.
+        hard_negatives: optional normalised ``(B, M, D)``: ``M`` more negatives per query (MoCHi).
     """
     parts = [(q * k).sum(dim=1, keepdim=True), q @ queue.T]  # (B, 1), (B, K)
     if hard_negatives is not None:
@@ -64,3 +66,17 @@ def mochi_negatives(
     b = uniform(num_query_mix, 0.5)
     query_mixed = b * q.unsqueeze(1) + (1 - b) * n_j  # (B, num_query_mix, D)
     return F.normalize(torch.cat([mixed, query_mixed], dim=1), dim=-1)
+
+
+def in_batch_infonce(q: Tensor, k: Tensor, temperature: float) -> Tensor:
+    """MoCo v3 InfoNCE ([2]) of queries ``(2B, D)``, both views stacked, and their keys ``(2B, D)``.
+
+    Each half's queries are scored against that half's keys over all ranks; the mean over both halves.
+    """
+    losses = []
+    for q_view, k_view in zip(q.chunk(2), k.chunk(2), strict=True):
+        keys = torch.cat(dist.gather(k_view)) if dist.world_size() > 1 else k_view  # (B * ranks, D)
+        logits = F.normalize(q_view, dim=1) @ F.normalize(keys, dim=1).T / temperature  # (B, B * ranks)
+        labels = torch.arange(len(q_view), device=q.device) + dist.rank() * len(q_view)
+        losses.append(F.cross_entropy(logits, labels))
+    return torch.stack(losses).mean()

@@ -31,6 +31,13 @@ def _vit(dims):
 
 
 TINY = {
+    "moco": lambda dims: {
+        **RESNET,
+        "hidden_dim": 16,
+        "projection_dim": 8,
+        "queue_size": 64,
+        "augment": ViewAugment(size=12),
+    },
     "dino": lambda dims: {
         **RESNET,
         "hidden_dim": 16,
@@ -78,26 +85,41 @@ def test_loss_is_finite_and_every_trainable_parameter_gets_a_gradient(name, dims
         assert all(not p.requires_grad and p.grad is None for p in ema.parameters())
 
 
+class _CheckEMA(pl.Callback):
+    """Before each batch, check that the EMA copies moved by exactly the EMA rule since the last batch."""
+
+    def __init__(self):
+        self.before = None
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        pairs = module.ema_pairs()
+        if self.before is not None:
+            momentum = module.ema_momentum()  # the value used for the update after the last step
+            for (online, ema), old in zip(pairs, self.before, strict=True):
+                for p_online, p_ema, p_old in zip(online.parameters(), ema.parameters(), old, strict=True):
+                    expected = momentum * p_old + (1 - momentum) * p_online.detach()
+                    assert torch.allclose(p_ema, expected, atol=1e-6)
+            self.checked += 1
+        self.before = [[p.detach().clone() for p in ema.parameters()] for _, ema in pairs]
+
+
 @pytest.mark.parametrize("name, dims", CASES)
 def test_ema_parameters_change_only_by_the_ema_rule(name, dims, tmp_path):
     method = _build(name, dims)
-    pairs = method.ema_pairs()
-    before = [[p.detach().clone() for p in ema.parameters()] for _, ema in pairs]
-    batches = [_batch(method, dims) for _ in range(2)]
+    batches = [_batch(method, dims) for _ in range(3)]
+    check = _CheckEMA()
     trainer = pl.Trainer(
-        max_steps=1,
+        max_steps=3,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
+        callbacks=[check],
     )
     trainer.fit(method, DataLoader(batches, batch_size=None))
-    momentum = method.ema_momentum()
-    for (online, ema), old in zip(pairs, before, strict=True):
-        for p_online, p_ema, p_old in zip(online.parameters(), ema.parameters(), old, strict=True):
-            expected = momentum * p_old + (1 - momentum) * p_online.detach()
-            assert torch.allclose(p_ema, expected, atol=1e-6)
+    assert check.checked == 2  # after steps 1 and 2, when the momentum is not yet its final value
 
 
 @pytest.mark.parametrize("name, dims", CASES)
