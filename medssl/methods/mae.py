@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -64,32 +64,39 @@ class MAE(SSLMethod):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        if not isinstance(self.backbone, ViTBackbone):
-            raise ValueError(f"MAE needs a ViT backbone (vit_tiny, vit_small, vit_base), got {base['backbone']!r}")
-        self.patch_size, self.grid_size = self.backbone.patch_size, self.backbone.grid_size
+        vit = self.backbone
+        if not isinstance(vit, ViTBackbone):
+            raise ValueError(f"MAE needs a ViT backbone (vit_tiny, vit_small, vit_base), got {vit.name!r}")
+        self.img_size, self.patch_size, self.grid_size = vit.img_size, vit.patch_size, vit.grid_size
         self.num_patches = math.prod(self.grid_size)
         num_visible(self.num_patches, mask_ratio)  # raises on a ratio that keeps nothing or masks nothing
-        self.mask_ratio, self.norm_pix_loss, self.save_reconstructions = mask_ratio, norm_pix_loss, save_reconstructions
-        self.augment = augment or ViewAugment(
-            size=self.backbone.img_size, min_scale=0.7, intensity=0.1, gamma=(1.0, 1.0), blur_prob=0.0, noise_std=0.0
-        )
-        size = self.augment.size
-        if (tuple(size) if not isinstance(size, int) else (size,) * self.spatial_dims) != self.backbone.img_size:
-            raise ValueError(
-                f"MAE: augment.size {self.augment.size} must equal the ViT img_size {self.backbone.img_size} "
-                "(set model.init_args.augment.size or backbone_kwargs.img_size)"
-            )
-        self.decoder_embed = nn.Linear(self.backbone.num_features, decoder_dim)
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.save_reconstructions = save_reconstructions
+        self.augment = self._checked_augment(augment)
+        self.decoder_embed = nn.Linear(vit.num_features, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, decoder_dim))
-        layer = dict(dim_feedforward=4 * decoder_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
         self.decoder_blocks = nn.Sequential(
-            *[nn.TransformerEncoderLayer(decoder_dim, decoder_heads, **layer) for _ in range(decoder_depth)]
+            *[_decoder_block(decoder_dim, decoder_heads) for _ in range(decoder_depth)]
         )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, math.prod(self.patch_size) * self.in_channels)
         trunc_normal_(self.mask_token, std=0.02)
         trunc_normal_(self.decoder_pos_embed, std=0.02)
+
+    def _checked_augment(self, augment: ViewAugment | None) -> ViewAugment:
+        weak = ViewAugment(
+            size=self.img_size, min_scale=0.7, intensity=0.1, gamma=(1.0, 1.0), blur_prob=0.0, noise_std=0.0
+        )
+        augment = augment or weak
+        size = augment.size
+        if ((size,) * self.spatial_dims if isinstance(size, int) else tuple(size)) != self.img_size:
+            raise ValueError(
+                f"MAE: augment.size {size} must equal the ViT img_size {self.img_size} "
+                "(set model.init_args.augment.size or backbone_kwargs.img_size)"
+            )
+        return augment
 
     def view_transform(self) -> Compose:
         return multi_view_transform([self.augment], self.spatial_dims)
@@ -102,10 +109,12 @@ class MAE(SSLMethod):
         weights = mask if self.mask_ratio > 0 else torch.ones_like(mask)
         return {"loss": masked_patch_mse(pred, target, weights, self.norm_pix_loss)}
 
-    def predict_patches(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Predicted patches, target patches ``(B, L, prod(patch) * C)`` and the mask ``(B, L)`` (1 = masked)."""
-        if tuple(images.shape[2:]) != self.backbone.img_size:
-            raise ValueError(f"MAE: expected views of size {self.backbone.img_size}, got {tuple(images.shape)}")
+    def predict_patches(
+        self, images: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Predicted and target patches ``(B, L, prod(patch) * C)`` and the mask ``(B, L)`` (1 = masked)."""
+        if tuple(images.shape[2:]) != self.img_size:
+            raise ValueError(f"MAE: expected views of size {self.img_size}, got {tuple(images.shape)}")
         ids_keep, mask, ids_restore = random_masking(
             images.shape[0], self.num_patches, self.mask_ratio, images.device, generator
         )
@@ -114,25 +123,35 @@ class MAE(SSLMethod):
 
     def encode_visible(self, images: Tensor, ids_keep: Tensor) -> Tensor:
         """Embed all patches (conv + position embeddings), keep ``ids_keep``, run the blocks on those only."""
-        tokens = get_at_index(self.backbone.patch_embedding(images), ids_keep)  # (B, L_keep, D)
-        for block in self.backbone.blocks:
+        vit = cast(ViTBackbone, self.backbone)
+        tokens = get_at_index(vit.patch_embedding(images), ids_keep)  # (B, L_keep, D)
+        for block in vit.blocks:
             tokens = block(tokens)  # (B, L_keep, D)
-        return self.backbone.norm(tokens)
+        return vit.norm(tokens)
 
     def decode(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """Visible latents + mask tokens, back in patch order, to pixel predictions ``(B, L, prod(p) * C)``."""
+        """Visible latents + mask tokens, back in patch order, to pixels ``(B, L, prod(patch) * C)``."""
         tokens = self.decoder_embed(latent)  # (B, L_keep, Dd)
         fill = self.mask_token.expand(tokens.shape[0], self.num_patches - tokens.shape[1], -1)
-        tokens = get_at_index(torch.cat([tokens, fill], dim=1), ids_restore) + self.decoder_pos_embed  # (B, L, Dd)
+        tokens = (
+            get_at_index(torch.cat([tokens, fill], dim=1), ids_restore) + self.decoder_pos_embed
+        )  # (B, L, Dd)
         return self.decoder_pred(self.decoder_norm(self.decoder_blocks(tokens)))
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """The masked input (masked patches 0) and visible patches + de-normalised predictions, like ``images``."""
+        """The masked input (masked patches NaN) and visible patches + de-normalised predictions."""
         generator = torch.Generator(images.device).manual_seed(seed)
         pred, target, mask = self.predict_patches(images, generator)
         if self.norm_pix_loss:  # undo the per-patch normalisation with the true patch statistics
             pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
         mask = mask.unsqueeze(-1)  # (B, L, 1)
         args = (self.patch_size, self.grid_size, self.in_channels)
-        return unpatchify(target * (1 - mask), *args), unpatchify(target * (1 - mask) + pred * mask, *args)
+        masked = target.masked_fill(mask.bool(), float("nan"))
+        return unpatchify(masked, *args), unpatchify(target * (1 - mask) + pred * mask, *args)
+
+
+def _decoder_block(dim: int, heads: int) -> nn.Module:
+    return nn.TransformerEncoderLayer(
+        dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )

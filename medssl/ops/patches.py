@@ -42,7 +42,7 @@ def patch_grid(spatial: Sequence[int], patch_size: Sequence[int]) -> tuple[int, 
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """Patches kept per sample, ``round(L * (1 - mask_ratio))``; at least one kept and, if ``r > 0``, one masked."""
+    """Patches kept per sample, ``round(L * (1 - mask_ratio))``; one must stay and (ratio > 0) one go."""
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     keep = round(num_patches * (1.0 - mask_ratio))

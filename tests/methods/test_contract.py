@@ -31,6 +31,7 @@ def _vit(dims):
 
 
 TINY = {
+    "mae": lambda dims: {**_vit(dims), "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
     "moco": lambda dims: {
         **RESNET,
         "hidden_dim": 16,

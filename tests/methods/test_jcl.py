@@ -229,4 +229,4 @@ def test_cli_smoke_run_writes_unet_weights(tmp_path, dims):
     assert (run / "weights" / "backbone.safetensors").is_file()
     assert main(["export", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "export")]) == 0
     decoder = load_file(tmp_path / "export" / "decoder.safetensors")
-    assert decoder and {key.split(".")[0] for key in decoder} == {"upcat_4"}  # scale 0.5: one block pretrained
+    assert decoder and {key.split(".")[0] for key in decoder} == {"upcat_4"}  # scale 0.5: 1 block
