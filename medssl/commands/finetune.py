@@ -59,12 +59,24 @@ def build_cli(args: list[str]) -> FinetuneCLI:
         from medssl.finetune.seg_data import SegmentationDataModule
         from medssl.finetune.segmentation import SegmentationModule
 
-        return build(SegmentationCLI, "finetune", "finetune_seg", args,
-                     model_class=SegmentationModule, datamodule_class=SegmentationDataModule)
+        return build(
+            SegmentationCLI,
+            "finetune",
+            "finetune_seg",
+            args,
+            model_class=SegmentationModule,
+            datamodule_class=SegmentationDataModule,
+        )
     from medssl.finetune.cls_data import ClassificationDataModule
 
-    return build(FinetuneCLI, "finetune", "finetune", args,
-                 model_class=ClassificationModule, datamodule_class=ClassificationDataModule)
+    return build(
+        FinetuneCLI,
+        "finetune",
+        "finetune",
+        args,
+        model_class=ClassificationModule,
+        datamodule_class=ClassificationDataModule,
+    )
 
 
 def run(args: list[str]) -> Path:
