@@ -20,13 +20,13 @@ test: install
 
 ## check: lint, format check and type check
 check: install
-	$(BIN)/ruff check medssl tests
-	$(BIN)/ruff format --check medssl tests
+	$(BIN)/ruff check medssl tests benchmarks
+	$(BIN)/ruff format --check medssl tests benchmarks
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix medssl tests
-	$(BIN)/ruff format medssl tests
+	$(BIN)/ruff check --fix medssl tests benchmarks
+	$(BIN)/ruff format medssl tests benchmarks
 
 ## demo: offline SimCLR pretraining on the embedded MNI152 demo data
 demo: install
