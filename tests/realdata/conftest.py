@@ -1,6 +1,25 @@
+import csv
+import math
+from pathlib import Path
+
 import pytest
 
+from medssl.cli import main
 from medssl.data.paths import data_dir
+from medssl.recipes_dir import recipes_dir
+
+RECIPES = recipes_dir() / "pretrain"
+
+#: A few CPU steps on a small subset: enough to show that a recipe runs end to end on real data.
+SHORT_RUN = [
+    "--data.limit", "48",
+    "--data.batch_size", "8",
+    "--data.num_workers", "0",
+    "--trainer.max_steps", "3",
+    "--trainer.limit_val_batches", "1",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +29,27 @@ def real_data():
     if not (root / "pneumoniamnist").is_dir():
         pytest.skip(f"real data not found at {root} (set MEDSSL_DATA_DIR)")
     return root
+
+
+def pretrain(recipe: str, run_dir: Path, *extra: str) -> list[dict[str, str]]:
+    """``medssl pretrain`` with ``recipes/pretrain/<recipe>.yaml``; the rows of its metrics.csv."""
+    args = [
+        "pretrain",
+        "--config",
+        str(RECIPES / f"{recipe}.yaml"),
+        "--trainer.default_root_dir",
+        str(run_dir),
+    ]
+    assert main([*args, *extra]) == 0
+    return list(csv.DictReader((run_dir / "metrics.csv").open()))
+
+
+def assert_short_run(rows: list[dict[str, str]], run_dir: Path) -> None:
+    """Three finite step losses were logged and the backbone weights were written."""
+    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert (run_dir / "weights" / "backbone.safetensors").is_file()
+
+
+def epoch_losses(rows: list[dict[str, str]]) -> list[float]:
+    return [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]

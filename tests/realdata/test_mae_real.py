@@ -1,32 +1,14 @@
 """MAE through the CLI on the real datasets in ``$MEDSSL_DATA_DIR``, kept short for two CPU cores."""
 
-import csv
-import math
-
 import pytest
 
-from medssl.cli import main
-from medssl.recipes_dir import recipes_dir
+from .conftest import SHORT_RUN, assert_short_run, epoch_losses, pretrain
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-RECIPES = recipes_dir() / "pretrain"
 TINY_VIT = "hidden_size: 32, num_layers: 2, num_heads: 2, mlp_dim: 64"
 SHORT = [
-    "--data.limit",
-    "48",
-    "--data.batch_size",
-    "8",
-    "--data.num_workers",
-    "0",
-    "--trainer.max_steps",
-    "3",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.log_every_n_steps",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
+    *SHORT_RUN,
     "--model.init_args.decoder_dim",
     "32",
     "--model.init_args.decoder_depth",
@@ -42,19 +24,11 @@ VIT = {
 }
 
 
-def _rows(run_dir):
-    return list(csv.DictReader((run_dir / "metrics.csv").open()))
-
-
 @pytest.mark.parametrize("recipe", sorted(VIT))
 def test_recipe_runs_on_real_data(real_data, tmp_path, recipe):
     run = tmp_path / recipe
-    args = ["pretrain", "--config", str(RECIPES / f"{recipe}.yaml"), "--trainer.default_root_dir", str(run)]
     vit = ["--model.init_args.backbone_kwargs", f"{{{VIT[recipe]}, {TINY_VIT}}}"]
-    assert main(args + SHORT + vit) == 0
-    losses = [float(r["train/loss_step"]) for r in _rows(run) if r.get("train/loss_step")]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    assert (run / "weights" / "backbone.safetensors").is_file()
+    assert_short_run(pretrain(recipe, run, *SHORT, *vit), run)
 
 
 def test_mae_loss_falls_on_pneumoniamnist(real_data, tmp_path):
@@ -65,11 +39,6 @@ def test_mae_loss_falls_on_pneumoniamnist(real_data, tmp_path):
     """
     run = tmp_path / "run"
     args = [
-        "pretrain",
-        "--config",
-        str(RECIPES / "mae_vit_tiny_pneumoniamnist_2d.yaml"),
-        "--trainer.default_root_dir",
-        str(run),
         "--model.init_args.backbone_kwargs",
         "{img_size: 28, patch_size: 4, hidden_size: 64, num_layers: 2, num_heads: 4, mlp_dim: 128}",
         "--model.init_args.decoder_dim",
@@ -91,8 +60,7 @@ def test_mae_loss_falls_on_pneumoniamnist(real_data, tmp_path):
         "--trainer.enable_progress_bar",
         "false",
     ]
-    assert main(args) == 0
-    epoch_loss = [float(r["train/loss_epoch"]) for r in _rows(run) if r.get("train/loss_epoch")]
+    epoch_loss = epoch_losses(pretrain("mae_vit_tiny_pneumoniamnist_2d", run, *args))
     assert len(epoch_loss) == 5
     assert epoch_loss[-1] < 0.9, epoch_loss
     assert epoch_loss[-1] < epoch_loss[0] - 0.1, epoch_loss

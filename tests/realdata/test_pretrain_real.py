@@ -1,38 +1,18 @@
 """SimCLR through the CLI on the real datasets in ``$MEDSSL_DATA_DIR``, kept short for two CPU cores."""
 
-import csv
 import math
 
 import pytest
 
-from medssl.cli import main
-from medssl.recipes_dir import recipes_dir
+from .conftest import SHORT_RUN, assert_short_run, epoch_losses, pretrain
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-RECIPES = recipes_dir() / "pretrain"
 SHORT = [
-    "--data.limit",
-    "48",
-    "--data.batch_size",
-    "8",
-    "--data.num_workers",
-    "0",
-    "--trainer.max_steps",
-    "3",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.log_every_n_steps",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
+    *SHORT_RUN,
     "--model.init_args.backbone_kwargs",
     "{small_input: true, widen_factor: 0.125}",
 ]
-
-
-def _rows(run_dir):
-    return list(csv.DictReader((run_dir / "metrics.csv").open()))
 
 
 @pytest.mark.parametrize(
@@ -45,11 +25,7 @@ def _rows(run_dir):
 )
 def test_recipe_runs_on_real_data(real_data, tmp_path, recipe):
     run = tmp_path / recipe
-    args = ["pretrain", "--config", str(RECIPES / f"{recipe}.yaml"), "--trainer.default_root_dir", str(run)]
-    assert main(args + SHORT) == 0
-    losses = [float(r["train/loss_step"]) for r in _rows(run) if r.get("train/loss_step")]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    assert (run / "weights" / "backbone.safetensors").is_file()
+    assert_short_run(pretrain(recipe, run, *SHORT), run)
 
 
 def test_simclr_loss_falls_on_pneumoniamnist(real_data, tmp_path):
@@ -59,11 +35,6 @@ def test_simclr_loss_falls_on_pneumoniamnist(real_data, tmp_path):
     """
     run = tmp_path / "run"
     args = [
-        "pretrain",
-        "--config",
-        str(RECIPES / "simclr_resnet18_pneumoniamnist_2d.yaml"),
-        "--trainer.default_root_dir",
-        str(run),
         "--model.init_args.backbone",
         "resnet10",
         "--model.init_args.backbone_kwargs",
@@ -83,8 +54,7 @@ def test_simclr_loss_falls_on_pneumoniamnist(real_data, tmp_path):
         "--trainer.enable_progress_bar",
         "false",
     ]
-    assert main(args) == 0
-    epoch_loss = [float(r["train/loss_epoch"]) for r in _rows(run) if r.get("train/loss_epoch")]
+    epoch_loss = epoch_losses(pretrain("simclr_resnet18_pneumoniamnist_2d", run, *args))
     assert len(epoch_loss) == 8
     chance = math.log(2 * 32 - 1)
     assert epoch_loss[-1] < chance - 0.2, epoch_loss
