@@ -1,0 +1,66 @@
+"""Collapse monitor: is the backbone still producing diverse embeddings during pretraining?
+
+- ``val/embedding_std``: mean per-dimension std of L2-normalised embeddings (lightly's
+  ``std_of_l2_normalized``): about ``1/sqrt(D)`` when healthy, 0 when every image maps to one vector.
+- ``val/effective_rank``: RankMe, the exponential of the entropy of the normalised singular values of the
+  embedding matrix: up to ``min(N, D)`` when the embeddings span many directions, 1 when they lie on a line.
+
+- [0]: SimSiam (embedding std), 2020, https://arxiv.org/abs/2011.10566
+- [1]: RankMe, 2023, https://arxiv.org/abs/2210.02885
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.debug import std_of_l2_normalized
+from torch import Tensor
+
+
+def effective_rank(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
+    """RankMe of an ``(N, D)`` embedding matrix."""
+    singular = torch.linalg.svdvals(embeddings.float())
+    p = singular / singular.sum() + eps
+    return torch.exp(-(p * p.log()).sum())
+
+
+class CollapseMonitor(pl.Callback):
+    """Embeds up to ``max_samples`` validation images with ``pl_module.backbone`` (the first view of each
+    batch) and logs ``val/embedding_std`` and ``val/effective_rank`` once per validation epoch."""
+
+    def __init__(self, max_samples: int = 1024) -> None:
+        self.max_samples = max_samples
+        self._embeddings: list[Tensor] = []
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._embeddings = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if sum(len(e) for e in self._embeddings) >= self.max_samples or not isinstance(batch, dict):
+            return
+        views = [
+            batch[key] for key in sorted(batch) if isinstance(batch[key], Tensor) and batch[key].ndim >= 4
+        ]
+        if views:
+            with torch.no_grad():
+                self._embeddings.append(pl_module.backbone(views[0]).flatten(1).float())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self._embeddings:
+            return
+        embeddings = torch.cat(self._embeddings)[: self.max_samples]  # (N, D)
+        if len(embeddings) < 2:
+            return
+        pl_module.log("val/embedding_std", std_of_l2_normalized(embeddings))
+        pl_module.log("val/effective_rank", effective_rank(embeddings))
+        self._embeddings = []

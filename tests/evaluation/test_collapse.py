@@ -1,0 +1,51 @@
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightly.utils.debug import std_of_l2_normalized
+from torch.utils.data import DataLoader
+
+from medssl.evaluation.collapse import CollapseMonitor, effective_rank
+from medssl.methods import SimCLR
+from medssl.transforms.views import ViewAugment
+
+
+def test_effective_rank_of_known_matrices():
+    assert effective_rank(torch.eye(8)).item() == pytest.approx(8.0, rel=1e-4)
+    line = torch.randn(16, 1) @ torch.randn(1, 8)  # every embedding on one line
+    assert effective_rank(line).item() == pytest.approx(1.0, abs=1e-3)
+    two = torch.cat([torch.eye(2), torch.zeros(2, 6)], dim=1).repeat(4, 1)
+    assert effective_rank(two).item() == pytest.approx(2.0, rel=1e-4)
+
+
+def test_monitor_logs_std_and_rank_once_per_validation_epoch(tmp_path):
+    torch.manual_seed(0)
+    model = SimCLR(
+        spatial_dims=2,
+        backbone="resnet10",
+        backbone_kwargs={"widen_factor": 0.125, "small_input": True},
+        hidden_dim=16,
+        projection_dim=8,
+        augment=ViewAugment(size=12),
+    )
+    batches = [{"view_0": torch.rand(8, 1, 12, 12), "view_1": torch.rand(8, 1, 12, 12)} for _ in range(2)]
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[CollapseMonitor()],
+    )
+    trainer.fit(model, DataLoader(batches, batch_size=None), DataLoader(batches, batch_size=None))
+    std, rank = trainer.logged_metrics["val/embedding_std"], trainer.logged_metrics["val/effective_rank"]
+    assert 0 < std <= 1 / math.sqrt(model.backbone.num_features) * 2
+    assert 1 < rank <= 16
+
+
+def test_a_collapsed_backbone_shows_zero_std_and_rank_one():
+    embeddings = torch.ones(8, 4) * 3.0  # every image mapped to the same vector
+    assert std_of_l2_normalized(embeddings).item() == pytest.approx(0.0, abs=1e-6)
+    assert effective_rank(embeddings).item() == pytest.approx(1.0, abs=1e-3)
