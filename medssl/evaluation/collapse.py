@@ -16,7 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightly.utils.debug import std_of_l2_normalized
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def effective_rank(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
@@ -51,9 +51,10 @@ class CollapseMonitor(pl.Callback):
         views = [
             batch[key] for key in sorted(batch) if isinstance(batch[key], Tensor) and batch[key].ndim >= 4
         ]
-        if views:
+        backbone = getattr(pl_module, "backbone", None)
+        if views and isinstance(backbone, nn.Module):
             with torch.no_grad():
-                self._embeddings.append(pl_module.backbone(views[0]).flatten(1).float())
+                self._embeddings.append(backbone(views[0]).flatten(1).float())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self._embeddings:
