@@ -11,7 +11,6 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -28,7 +27,7 @@ from torchmetrics.classification import (
 from medssl.backbones import build_backbone
 from medssl.backbones.vit import ViTBackbone
 from medssl.finetune.pretrained import load_backbone_weights, summary
-from medssl.methods.base import NO_DECAY_NAMES
+from medssl.optim import skips_decay, warmup_cosine
 
 log = logging.getLogger("medssl.finetune")
 Mode = Literal["linear_probe", "finetune"]
@@ -155,11 +154,10 @@ class ClassificationModule(pl.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=hp["lr"])
         else:
             optimizer = torch.optim.SGD(groups, lr=hp["lr"], momentum=0.9)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup = min(round(hp["warmup_epochs"] * total / epochs), total - 1)
-        scheduler = CosineWarmupScheduler(optimizer, warmup, total, end_value=hp["min_lr_ratio"])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        schedule = warmup_cosine(
+            optimizer, self.trainer, warmup_epochs=hp["warmup_epochs"], min_lr_ratio=hp["min_lr_ratio"]
+        )
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Head at ``lr``; backbone at ``lr * backbone_lr_scale`` (ViT: times the layer decay); no decay on
@@ -167,7 +165,7 @@ class ClassificationModule(pl.LightningModule):
         groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if param.requires_grad:
-                plain = param.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES)
+                plain = skips_decay(name, param)
                 groups.setdefault((self._lr_scale(name), plain), []).append(param)
         return [
             {

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightly.utils.scheduler import CosineWarmupScheduler
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
@@ -24,10 +23,9 @@ from torch import Tensor
 from medssl.backbones import build_backbone
 from medssl.finetune.decoders import SegmentationNet
 from medssl.finetune.pretrained import load_backbone_weights, summary
+from medssl.optim import skips_decay, warmup_cosine
 
 log = logging.getLogger("medssl.finetune")
-
-NO_DECAY_NAMES = ("position_embeddings", "pos_embed", "cls_token", "mask_token")
 
 
 def plain(t: Tensor) -> Tensor:
@@ -212,16 +210,13 @@ class SegmentationModule(pl.LightningModule):
     # --- optimiser ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self._param_groups(), lr=self.hparams["lr"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup = round(self.hparams["warmup_epochs"] * total / epochs)
-        scheduler = CosineWarmupScheduler(
+        schedule = warmup_cosine(
             optimizer,
-            warmup_epochs=min(warmup, total - 1),
-            max_epochs=total,
-            end_value=self.hparams["min_lr_ratio"],
+            self.trainer,
+            warmup_epochs=self.hparams["warmup_epochs"],
+            min_lr_ratio=self.hparams["min_lr_ratio"],
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """Backbone at ``lr * backbone_lr_scale``, decoder at ``lr``; biases, norms, embeddings undecayed."""
@@ -229,7 +224,7 @@ class SegmentationModule(pl.LightningModule):
         groups: dict[tuple[bool, bool], list[Tensor]] = {}
         for name, param in self.net.named_parameters():
             if param.requires_grad:
-                plain = param.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES)
+                plain = skips_decay(name, param)
                 groups.setdefault((name.startswith("backbone."), plain), []).append(param)
         return [
             {

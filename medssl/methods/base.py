@@ -18,12 +18,10 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 
 from medssl.backbones import build_backbone
+from medssl.optim import skips_decay, warmup_cosine
 from medssl.registry import Registry
 
 METHODS: Registry[type[SSLMethod]] = Registry("method")
-
-#: Parameter names (substrings) that never get weight decay, besides biases and norm weights.
-NO_DECAY_NAMES = ("position_embeddings", "pos_embed", "cls_token", "mask_token")
 
 
 class SSLMethod(pl.LightningModule):
@@ -122,16 +120,13 @@ class SSLMethod(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self._build_optimizer()
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup_steps = round(self.hparams["warmup_epochs"] * total_steps / epochs)
-        scheduler = CosineWarmupScheduler(
+        schedule = warmup_cosine(
             optimizer,
-            warmup_epochs=min(warmup_steps, total_steps - 1),
-            max_epochs=total_steps,
-            end_value=self.hparams["min_lr_ratio"],
+            self.trainer,
+            warmup_epochs=self.hparams["warmup_epochs"],
+            min_lr_ratio=self.hparams["min_lr_ratio"],
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         decay: list[nn.Parameter] = []
@@ -139,7 +134,7 @@ class SSLMethod(pl.LightningModule):
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            plain = param.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES)
+            plain = skips_decay(name, param)
             (no_decay if plain else decay).append(param)
         groups = [
             {"params": decay, "weight_decay": self.hparams["weight_decay"]},
