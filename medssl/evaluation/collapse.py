@@ -46,7 +46,8 @@ class CollapseMonitor(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if sum(len(e) for e in self._embeddings) >= self.max_samples or not isinstance(batch, dict):
+        full = sum(len(e) for e in self._embeddings) >= self.max_samples
+        if full or trainer.sanity_checking or not isinstance(batch, dict):  # no extra forward when unused
             return
         views = [
             batch[key] for key in sorted(batch) if isinstance(batch[key], Tensor) and batch[key].ndim >= 4

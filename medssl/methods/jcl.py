@@ -123,8 +123,7 @@ class JCL(SSLMethod):
             z_full = self.image_head_full(_global_pool(bottleneck))  # (B, P)
             terms["image"] = multi_positive_info_nce(z_small, z_full, positives, self.temperature)
         if self.weights["pixel"]:
-            p_small = self._locations(self.pixel_head_small(decoded))  # (L, B, P)
-            p_full = self._locations(self.pixel_head_full(bottleneck), like=p_small)  # (L, B, P)
+            p_small, p_full = self._pixel_projections(decoded, bottleneck)  # (L, B, P) each
             terms["pixel"] = multi_positive_info_nce(p_small, p_full, positives, self.temperature)
         if self.weights["feature"]:
             target = F.interpolate(bottleneck, size=small_features[-1].shape[2:], mode="area")
@@ -132,14 +131,14 @@ class JCL(SSLMethod):
         terms["loss"] = torch.stack([self.weights[name] * value for name, value in terms.items()]).sum()
         return terms
 
-    def _locations(self, maps: Tensor, like: Tensor | None = None) -> Tensor:
-        """``(B, P, *grid)`` -> ``(L, B, P)``, keeping the sampled locations (the same ones for ``like``)."""
-        flat = maps.flatten(2).permute(2, 0, 1)  # (L, B, P)
-        if self.pixel_locations is None or self.pixel_locations >= flat.shape[0]:
-            return flat
-        if like is None:
-            self._sampled = torch.randperm(flat.shape[0], device=flat.device)[: self.pixel_locations]
-        return flat[self._sampled]
+    def _pixel_projections(self, decoded: Tensor, bottleneck: Tensor) -> tuple[Tensor, Tensor]:
+        """1x1 projections of both branches as ``(L, B, P)``, at the same (sampled) grid locations."""
+        small = self.pixel_head_small(decoded).flatten(2).permute(2, 0, 1)  # (L, B, P)
+        full = self.pixel_head_full(bottleneck).flatten(2).permute(2, 0, 1)  # (L, B, P)
+        if self.pixel_locations is not None and self.pixel_locations < small.shape[0]:
+            keep = torch.randperm(small.shape[0], device=small.device)[: self.pixel_locations]
+            small, full = small[keep], full[keep]
+        return small, full
 
 
 def _global_pool(x: Tensor) -> Tensor:

@@ -141,8 +141,9 @@ def test_positions_widen_the_positives():
 
 def test_pixel_locations_are_sampled():
     method = _jcl(3, pixel_locations=3)
-    maps = torch.randn(2, 8, 2, 4, 2)
-    assert method._locations(maps).shape == (3, 2, 8)
+    decoded, bottleneck = torch.randn(2, FEATURES[3], 2, 4, 2), torch.randn(2, FEATURES[4], 2, 4, 2)
+    small, full = method._pixel_projections(decoded, bottleneck)
+    assert small.shape == full.shape == (3, 2, 8)
 
 
 def test_unused_decoder_blocks_are_frozen_and_marked():
