@@ -12,6 +12,8 @@ USAGE = """usage: medssl <command> [options]
 commands:
   pretrain   self-supervised pretraining: medssl pretrain --config recipes/pretrain/<recipe>.yaml
   finetune   fine-tuning, then test metrics: medssl finetune --config recipes/finetune/<recipe>.yaml
+  evaluate   kNN + linear probe on frozen features: medssl evaluate --config <classification recipe>
+  compare    pretrained vs scratch over label fractions x seeds: medssl compare --config <recipe> ...
   export     pretrained weights for other tools: medssl export <run dir> --out <dir> [--format ...]
   demo       offline demo on real anatomy (MNI152 brain template) shipped with nilearn
   list       registered methods, backbones and intensity presets
@@ -30,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medssl {__version__}")
         return 0
     command, rest = args[0], args[1:]
-    commands = {"pretrain": _pretrain, "finetune": _finetune, "export": _export, "demo": _demo, "list": _list}
+    commands = {
+        "pretrain": _pretrain,
+        "finetune": _finetune,
+        "evaluate": _evaluate,
+        "compare": _compare,
+        "export": _export,
+        "demo": _demo,
+        "list": _list,
+    }
     if command not in commands:
         close = difflib.get_close_matches(command, commands, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -57,6 +67,18 @@ def _pretrain(args: list[str]) -> None:
 
 def _finetune(args: list[str]) -> None:
     from medssl.commands.finetune import run
+
+    run(args)
+
+
+def _evaluate(args: list[str]) -> None:
+    from medssl.commands.evaluate import run
+
+    run(args)
+
+
+def _compare(args: list[str]) -> None:
+    from medssl.commands.compare import run
 
     run(args)
 

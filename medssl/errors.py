@@ -1,6 +1,6 @@
 """The errors that are the user's to fix: the CLI prints them as one message, without a traceback."""
 
-from medssl.commands.run_cli import RunDirError
+from medssl.commands.run_cli import RunDirError, UsageError
 from medssl.data.caching import CacheTooLargeError
 from medssl.data.validation import DatalistError
 from medssl.export.files import ExportError
@@ -12,4 +12,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     RunDirError,
     ExportError,
     PretrainedWeightsError,
+    UsageError,
 )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pytorch_lightning.cli import LightningArgumentParser
+
 from medssl.callbacks import SaveBackbone
 from medssl.commands.run_cli import RunCLI, build, resume_path
 from medssl.data.datamodule import PretrainDataModule
+from medssl.evaluation.online import KNNProbe
 from medssl.methods import SSLMethod
 
 
@@ -16,7 +19,14 @@ class PretrainCLI(RunCLI):
     LINKS = (
         ("data.spatial_dims", "model.init_args.spatial_dims"),
         ("data.in_channels", "model.init_args.in_channels"),
+        ("data.intensity", "probe.intensity"),
+        ("data.spatial_size", "probe.spatial_size"),
+        ("data.spacing", "probe.spacing"),
     )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(KNNProbe, "probe")  # off until probe.source is set
+        super().add_arguments_to_parser(parser)
 
 
 def build_cli(args: list[str]) -> PretrainCLI:

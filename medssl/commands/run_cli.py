@@ -18,6 +18,10 @@ class RunDirError(ValueError):
     """The run directory and the resume request do not fit together."""
 
 
+class UsageError(ValueError):
+    """A command was asked for something it cannot do (e.g. the wrong kind of recipe)."""
+
+
 class RunCLI(LightningCLI):
     """LightningCLI whose run writes everything into ``trainer.default_root_dir``.
 

@@ -101,7 +101,9 @@ class ClassificationModule(pl.LightningModule):
         self.class_weight: Tensor | None = (
             torch.tensor(class_weights, dtype=torch.float) if isinstance(class_weights, list) else None
         )
-        self.eval_metrics = nn.ModuleDict({s: _metrics(num_classes, multi_label) for s in ("val", "test")})
+        self.eval_metrics = nn.ModuleDict(
+            {s: classification_metrics(num_classes, multi_label) for s in ("val", "test")}
+        )
 
     # --- model -------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -229,7 +231,7 @@ def balanced_weights(counts: list[int], total: int, multi_label: bool) -> Tensor
     return total / (len(counts) * n)
 
 
-def _metrics(num_classes: int, multi_label: bool) -> MetricCollection:
+def classification_metrics(num_classes: int, multi_label: bool) -> MetricCollection:
     """Macro AUROC, accuracy, balanced accuracy (macro recall), macro F1 and per-class AUROC."""
     n = num_classes
     if multi_label:

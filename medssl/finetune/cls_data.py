@@ -274,10 +274,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_loader("test")
 
     # --- helpers -----------------------------------------------------------------------------
     def _samples(self, items: list[Item]) -> list[Item]:
@@ -286,7 +286,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             return [{"image": i["image"], "label": np.asarray(i["label"], dtype=np.float32)} for i in items]
         return [{"image": i["image"], "label": i["label"]} for i in items]
 
-    def _eval_loader(self, name: str) -> DataLoader:
+    def eval_loader(self, name: str) -> DataLoader:
+        """The ``name`` split in order, in batches, none dropped (set up first)."""
         if name not in self.sets:
             raise RuntimeError(f"the {name} split is empty or setup() was not run for it")
         return DataLoader(

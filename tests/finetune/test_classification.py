@@ -12,7 +12,7 @@ from PIL import Image
 
 from medssl.cli import main
 from medssl.data.splits import check_patient_leakage
-from medssl.finetune.classification import ClassificationModule, _metrics, balanced_weights
+from medssl.finetune.classification import ClassificationModule, balanced_weights, classification_metrics
 from medssl.finetune.cls_data import ClassificationDataModule
 from medssl.recipes_dir import recipes_dir
 
@@ -107,7 +107,7 @@ def test_class_weights_in_the_loss() -> None:
 def test_metrics_on_a_known_prediction() -> None:
     """Scores 0.1, 0.4, 0.35, 0.8 for labels 0, 0, 1, 1: AUROC 3/4 (one of four pairs mis-ordered)."""
     p1 = torch.tensor([0.1, 0.4, 0.35, 0.8])
-    metrics = _metrics(2, multi_label=False)
+    metrics = classification_metrics(2, multi_label=False)
     metrics.update(torch.stack([1 - p1, p1], dim=1), torch.tensor([0, 0, 1, 1]))
     values = metrics.compute()
     assert values["auroc"].item() == pytest.approx(0.75)
