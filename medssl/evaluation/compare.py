@@ -1,0 +1,115 @@
+"""Pretrained vs scratch: the same fine-tuning recipe over label fractions x seeds, one run per trial.
+
+Each trial is a normal ``medssl finetune`` run in ``<out>/<init>/<mode>/fraction<f>_seed<s>/``: the
+pretrained and the scratch trial of a (fraction, seed) see the same training cases and the same seed, and
+differ only in ``--model.pretrained``. A trial whose ``test_metrics.json`` exists is not run again, so a
+sweep that stopped can be started again and only finishes what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("medssl.compare")
+SCRATCH = "scratch"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fine-tuning run of the sweep."""
+
+    init: str  # "scratch" or the label of a pretrained source
+    pretrained: str  # "none" or the source given to --model.pretrained
+    mode: str  # finetune | linear_probe
+    label_fraction: float
+    seed: int
+
+    @property
+    def folder(self) -> str:
+        return f"{self.init}/{self.mode}/fraction{self.label_fraction:g}_seed{self.seed}"
+
+
+def plan(
+    pretrained: dict[str, str],
+    label_fractions: Sequence[float],
+    seeds: Sequence[int],
+    modes: Sequence[str] = ("finetune",),
+    scratch: bool = True,
+) -> list[Trial]:
+    """Every (init, mode, fraction, seed), smallest fractions first, scratch beside each pretrained run."""
+    inits = ({SCRATCH: "none"} if scratch else {}) | dict(pretrained)
+    return [
+        Trial(init, source, mode, fraction, seed)
+        for fraction in sorted(label_fractions)
+        for seed in seeds
+        for mode in modes
+        for init, source in inits.items()
+    ]
+
+
+def trial_args(trial: Trial, recipe: str, run_dir: Path, overrides: Sequence[str]) -> list[str]:
+    """The ``medssl finetune`` arguments of a trial (the user's overrides cannot change what is swept)."""
+    return [
+        "--config",
+        recipe,
+        *overrides,
+        "--model.pretrained",
+        trial.pretrained,
+        "--model.mode",
+        trial.mode,
+        "--data.label_fraction",
+        f"{trial.label_fraction:g}",
+        "--data.seed",
+        str(trial.seed),
+        "--seed_everything",
+        str(trial.seed),
+        "--trainer.default_root_dir",
+        str(run_dir),
+    ]
+
+
+def run_sweep(
+    trials: Sequence[Trial], recipe: str, out: Path, overrides: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Run (or reuse) every trial; a record per trial with its test metrics and training-set size."""
+    from medssl.commands import finetune
+
+    records = []
+    for number, trial in enumerate(trials, 1):
+        run_dir = out / trial.folder
+        done = run_dir / "test_metrics.json"
+        if not done.is_file():
+            if run_dir.exists():  # a trial that stopped half-way: start it again
+                shutil.rmtree(run_dir)
+            log.info("trial %d/%d: %s", number, len(trials), trial.folder)
+            finetune.run(trial_args(trial, recipe, run_dir, overrides))
+        records.append(_record(trial, run_dir))
+    return records
+
+
+def write_results(out: Path, records: list[dict[str, Any]], recipe: str, metric: str) -> Path:
+    """``<out>/compare.json``: every trial's record, the recipe and the metric the report is judged by."""
+    path = out / "compare.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"recipe": recipe, "metric": metric, "trials": records}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def default_metric(records: list[dict[str, Any]]) -> str:
+    """``test/auroc`` for classification, ``test/dice`` for segmentation."""
+    keys = set(records[0]["metrics"]) if records else set()
+    return next((k for k in ("test/auroc", "test/dice") if k in keys), sorted(keys)[0] if keys else "")
+
+
+def _record(trial: Trial, run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())["metrics"]
+    splits_file = run_dir / "splits.json"
+    train = json.loads(splits_file.read_text())["train"] if splits_file.is_file() else []
+    return {**asdict(trial), "run": trial.folder, "train_cases": len(train), "metrics": metrics}

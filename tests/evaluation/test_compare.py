@@ -1,0 +1,96 @@
+"""``medssl compare``: the sweep plan, the report's arithmetic, and a tiny sweep through the CLI."""
+
+import json
+import math
+from pathlib import Path
+
+from medssl.cli import main
+from medssl.evaluation.compare import plan, trial_args
+from medssl.evaluation.report import markdown, paired_gain, summarise
+from tests.finetune.test_classification import CLS_2D, TINY_ARG, _pretrain_run, write_npz
+
+
+def test_plan_pairs_every_pretrained_trial_with_a_scratch_trial() -> None:
+    trials = plan({"simclr": "runs/a"}, [1.0, 0.1], seeds=[0, 1])
+    assert [(t.init, t.label_fraction, t.seed) for t in trials[:4]] == [
+        ("scratch", 0.1, 0),
+        ("simclr", 0.1, 0),
+        ("scratch", 0.1, 1),
+        ("simclr", 0.1, 1),
+    ]
+    args = trial_args(trials[1], "r.yaml", Path("out/x"), ["--trainer.max_epochs", "2"])
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert (
+        flags["--model.pretrained"] == "runs/a" and flags["--data.seed"] == flags["--seed_everything"] == "0"
+    )
+    assert flags["--data.label_fraction"] == "0.1" and flags["--trainer.max_epochs"] == "2"
+
+
+def _records() -> list[dict]:
+    values = {("scratch", 0): 0.60, ("scratch", 1): 0.70, ("ssl", 0): 0.75, ("ssl", 1): 0.95}
+    return [
+        {"init": i, "mode": "finetune", "label_fraction": 0.1, "seed": s, "run": f"{i}{s}", "train_cases": 10,
+         "metrics": {"test/auroc": v}}
+        for (i, s), v in values.items()
+    ]  # fmt: skip
+
+
+def test_report_gives_mean_std_and_the_paired_gain() -> None:
+    records = _records()
+    assert summarise(records, "test/auroc")[("ssl", "finetune")][0.1] == [0.75, 0.95]
+    gains = paired_gain(records, "test/auroc", "ssl", "finetune")[0.1]
+    assert [round(g, 6) for g in gains] == [0.15, 0.25]
+    table = markdown(records, "test/auroc", "t")
+    std = math.sqrt(((0.6 - 0.65) ** 2 + (0.7 - 0.65) ** 2) / 1)  # sample std of the scratch seeds
+    assert f"| 0.1 | 10 | 0.650 +- {std:.3f} (n=2) | 0.850 +- 0.141 (n=2) | +0.200 +- 0.071 (n=2) |" in table
+    assert table.index("scratch") < table.index("ssl - scratch")
+
+
+def _compare_args(tmp_path: Path, *extra: str) -> list[str]:
+    source = write_npz(tmp_path / "tiny.npz", 2)
+    return [
+        "compare",
+        "--config",
+        str(CLS_2D),
+        "--label-fractions", "0.5", "1.0",
+        "--seeds", "1",
+        "--out", str(tmp_path / "compare"),
+        "--data.source", str(source),
+        "--model.backbone", "resnet10",
+        "--model.backbone_kwargs", TINY_ARG,
+        "--data.batch_size", "8",
+        "--data.num_workers", "0",
+        "--trainer.max_epochs", "1",
+        "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_cli_sweeps_writes_the_report_and_reuses_finished_trials(tmp_path: Path, capsys) -> None:
+    pretrain = _pretrain_run(tmp_path)
+    args = _compare_args(tmp_path, "--pretrained", f"simclr={pretrain}")
+    assert main(args) == 0
+    out = tmp_path / "compare"
+    results = json.loads((out / "compare.json").read_text())
+    assert results["metric"] == "test/auroc" and len(results["trials"]) == 4  # 2 inits x 2 fractions
+    by_run = {t["run"]: t for t in results["trials"]}
+    assert by_run["simclr/finetune/fraction0.5_seed1"]["train_cases"] == 12  # half of the 24 patients
+    assert by_run["scratch/finetune/fraction1_seed1"]["train_cases"] == 24
+    splits = [json.loads((out / r / "splits.json").read_text())["train"] for r in by_run]
+    assert splits[0] == splits[1]  # scratch and pretrained trials of a (fraction, seed) see the same cases
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert (
+        "| 0.5 | 12 |" in (out / "compare.md").read_text() and "simclr - scratch" in capsys.readouterr().out
+    )
+
+    stamp = (out / "scratch/finetune/fraction0.5_seed1/test_metrics.json").stat().st_mtime_ns
+    assert main(args) == 0  # finished trials are reused, not run again
+    assert (out / "scratch/finetune/fraction0.5_seed1/test_metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_cli_refuses_what_it_cannot_compare(tmp_path: Path, capsys) -> None:
+    assert main(_compare_args(tmp_path, "--pretrained", str(tmp_path / "nowhere"))) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(_compare_args(tmp_path, "--data.label_fraction", "0.1")) == 2
+    assert "sets --data.label_fraction itself" in capsys.readouterr().err
+    assert not (tmp_path / "compare").exists()
