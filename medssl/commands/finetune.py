@@ -79,7 +79,7 @@ def build_cli(args: list[str]) -> FinetuneCLI:
     )
 
 
-def run(args: list[str]) -> Path:
+def run(args: list[str], *, verbose: bool = True) -> Path:
     """Fine-tune, test the best checkpoint on the test split, write ``test_metrics.json``; the run dir."""
     cli = build_cli(args)
     run_dir = Path(cli.trainer.default_root_dir)
@@ -90,6 +90,8 @@ def run(args: list[str]) -> Path:
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
     metrics = {key: float(value) for key, value in sorted(results[0].items())}
     write_test_metrics(run_dir, metrics, checkpoint=best, model=cli.model)
+    if not verbose:
+        return run_dir
     print(f"run directory: {run_dir.resolve()}")
     print(f"test metrics (checkpoint {best or 'last weights'}):")
     for key, value in metrics.items():

@@ -9,14 +9,15 @@ sweep that stopped can be started again and only finishes what is missing.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("medssl.compare")
+from medssl.logging_setup import quiet_lightning
+
 SCRATCH = "scratch"
 
 
@@ -53,16 +54,21 @@ def plan(
     ]
 
 
-def trial_args(trial: Trial, recipe: str, run_dir: Path, overrides: Sequence[str]) -> list[str]:
-    """The ``medssl finetune`` arguments of a trial (the user's overrides cannot change what is swept)."""
+def trial_args(
+    trial: Trial, recipe: str, run_dir: Path, overrides: Sequence[str], *, classification: bool = True
+) -> list[str]:
+    """The ``medssl finetune`` arguments of a trial (the user's overrides cannot change what is swept).
+
+    Segmentation has one mode (fine-tuning the whole network): ``--model.mode`` is for classification only.
+    """
+    mode = ["--model.mode", trial.mode] if classification else []
     return [
         "--config",
         recipe,
         *overrides,
         "--model.pretrained",
         trial.pretrained,
-        "--model.mode",
-        trial.mode,
+        *mode,
         "--data.label_fraction",
         f"{trial.label_fraction:g}",
         "--data.seed",
@@ -79,17 +85,26 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every trial; a record per trial with its test metrics and training-set size."""
     from medssl.commands import finetune
+    from medssl.commands.run_cli import UsageError
 
+    classification = finetune.recipe_task(["--config", recipe, *overrides]) == "classification"
+    if not classification and {t.mode for t in trials} != {"finetune"}:
+        raise UsageError("segmentation recipes are compared by fine-tuning only (--modes finetune)")
     records = []
     for number, trial in enumerate(trials, 1):
         run_dir = out / trial.folder
-        done = run_dir / "test_metrics.json"
-        if not done.is_file():
+        started, reused = time.monotonic(), (run_dir / "test_metrics.json").is_file()
+        if not reused:
             if run_dir.exists():  # a trial that stopped half-way: start it again
                 shutil.rmtree(run_dir)
-            log.info("trial %d/%d: %s", number, len(trials), trial.folder)
-            finetune.run(trial_args(trial, recipe, run_dir, overrides))
+            with quiet_lightning():
+                args = trial_args(trial, recipe, run_dir, overrides, classification=classification)
+                finetune.run(args, verbose=False)
         records.append(_record(trial, run_dir))
+        metric = default_metric(records)
+        took = "reused" if reused else f"{time.monotonic() - started:.0f} s"
+        value = records[-1]["metrics"][metric]
+        print(f"trial {number}/{len(trials)} {trial.folder}: {metric} {value:.4f} ({took})", flush=True)
     return records
 
 
@@ -112,4 +127,4 @@ def _record(trial: Trial, run_dir: Path) -> dict[str, Any]:
     metrics = json.loads((run_dir / "test_metrics.json").read_text())["metrics"]
     splits_file = run_dir / "splits.json"
     train = json.loads(splits_file.read_text())["train"] if splits_file.is_file() else []
-    return {**asdict(trial), "run": trial.folder, "train_cases": len(train), "metrics": metrics}
+    return {**asdict(trial), "run": trial.folder, "train_images": len(train), "metrics": metrics}

@@ -40,12 +40,12 @@ def paired_gain(records: list[dict[str, Any]], metric: str, init: str, mode: str
 def markdown(records: list[dict[str, Any]], metric: str, title: str) -> str:
     """One table per mode: a row per label fraction, a column per init, and the gain over scratch."""
     table = summarise(records, metric)
-    cases = {(r["label_fraction"], r["seed"]): r["train_cases"] for r in records}
+    cases = {(r["label_fraction"], r["seed"]): r["train_images"] for r in records}
     lines = [f"# {title}", "", f"`{metric}` on the test split, mean +- std over seeds (n = seeds).", ""]
     for mode in sorted({mode for _, mode in table}):
         inits = sorted((i for i, m in table if m == mode), key=lambda i: (i != SCRATCH, i))
         pretrained = [i for i in inits if i != SCRATCH]
-        header = ["label fraction", "training cases", *inits, *(f"{i} - scratch" for i in pretrained)]
+        header = ["label fraction", "training images", *inits, *(f"{i} - scratch" for i in pretrained)]
         lines += [f"## {mode}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for fraction in sorted({f for i in inits for f in table[(i, mode)]}):
             n_cases = sorted({n for (f, _), n in cases.items() if f == fraction})

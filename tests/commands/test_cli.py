@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from medssl import __version__
@@ -23,23 +25,19 @@ def test_list_shows_the_registries(capsys):
 
 
 @pytest.mark.slow
-def test_demo_runs_offline_and_says_where_the_weights_are(tmp_path, capsys):
+def test_demo_runs_the_whole_story_offline(tmp_path, capsys):
+    """Pretrain, compare pretrained vs scratch fine-tunes, export, load into MONAI: tiny settings."""
     pytest.importorskip("nilearn")
-    args = [
-        "demo",
-        "--out",
-        str(tmp_path / "run"),
-        "--data-root",
-        str(tmp_path / "data"),
-        "--trainer.max_steps",
-        "2",
-        "--data.limit",
-        "48",
-        "--data.batch_size",
-        "8",
-    ]
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--out", str(out), "--data-root", str(tmp_path / "data"), "--seeds", "0"]
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert f"run directory: {tmp_path / 'run'}" in out
-    assert (tmp_path / "run" / "weights" / "backbone.safetensors").is_file()
-    assert str(tmp_path / "run" / "weights" / "backbone.safetensors") in out
+    printed = capsys.readouterr().out
+    assert (out / "pretrain" / "weights" / "backbone.safetensors").is_file()
+    trials = json.loads((out / "compare" / "compare.json").read_text())["trials"]
+    assert sorted((t["init"], t["label_fraction"]) for t in trials) == [
+        ("scratch", 0.1), ("scratch", 1.0), ("simclr", 0.1), ("simclr", 1.0)
+    ]  # fmt: skip
+    assert "| 0.1 |" in printed and "simclr - scratch" in printed  # the comparison table
+    assert (out / "export" / "backbone.safetensors").is_file() and (out / "export" / "model.ts").is_file()
+    assert "into monai.networks.nets.resnet.ResNet (missing 0)" in printed
+    assert f"exported weights:  {out / 'export'}" in printed

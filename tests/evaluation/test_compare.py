@@ -29,8 +29,8 @@ def test_plan_pairs_every_pretrained_trial_with_a_scratch_trial() -> None:
 def _records() -> list[dict]:
     values = {("scratch", 0): 0.60, ("scratch", 1): 0.70, ("ssl", 0): 0.75, ("ssl", 1): 0.95}
     return [
-        {"init": i, "mode": "finetune", "label_fraction": 0.1, "seed": s, "run": f"{i}{s}", "train_cases": 10,
-         "metrics": {"test/auroc": v}}
+        {"init": i, "mode": "finetune", "label_fraction": 0.1, "seed": s, "run": f"{i}{s}",
+         "train_images": 10, "metrics": {"test/auroc": v}}
         for (i, s), v in values.items()
     ]  # fmt: skip
 
@@ -74,8 +74,8 @@ def test_cli_sweeps_writes_the_report_and_reuses_finished_trials(tmp_path: Path,
     results = json.loads((out / "compare.json").read_text())
     assert results["metric"] == "test/auroc" and len(results["trials"]) == 4  # 2 inits x 2 fractions
     by_run = {t["run"]: t for t in results["trials"]}
-    assert by_run["simclr/finetune/fraction0.5_seed1"]["train_cases"] == 12  # half of the 24 patients
-    assert by_run["scratch/finetune/fraction1_seed1"]["train_cases"] == 24
+    assert by_run["simclr/finetune/fraction0.5_seed1"]["train_images"] == 12  # half of the 24 patients
+    assert by_run["scratch/finetune/fraction1_seed1"]["train_images"] == 24
     splits = [json.loads((out / r / "splits.json").read_text())["train"] for r in by_run]
     assert splits[0] == splits[1]  # scratch and pretrained trials of a (fraction, seed) see the same cases
     assert (out / "compare.png").stat().st_size > 10_000
