@@ -27,7 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--label-fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--modes", nargs="+", choices=["finetune", "linear_probe"], default=["finetune"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["finetune", "linear_probe", "frozen"],
+        default=["finetune"],
+        help="finetune; linear_probe (head trained through the frozen backbone); frozen (medssl evaluate: "
+        "L-BFGS linear probe and kNN on cached features, seconds)",
+    )
     parser.add_argument("--metric", default=None, help="test metric to report (default: auroc / dice)")
     parser.add_argument("--no-scratch", action="store_true", help="leave out the from-scratch runs")
     parser.add_argument("--out", default=None, help="output folder (default: runs/compare_<recipe name>)")

@@ -35,8 +35,8 @@ class EvaluateCLI(FinetuneCLI):
         parser.add_argument("--knn_temperature", type=float, default=0.1, help="kNN similarity temperature")
 
 
-def run(args: list[str]) -> Path:
-    """Evaluate; prints the metrics and returns the run directory."""
+def run(args: list[str], *, verbose: bool = True) -> Path:
+    """Evaluate; prints the metrics (unless ``verbose`` is false) and returns the run directory."""
     from medssl.evaluation.frozen import frozen_metrics, split_features
     from medssl.finetune.cls_data import ClassificationDataModule
 
@@ -66,6 +66,8 @@ def run(args: list[str]) -> Path:
     sizes = {name: len(labels) for name, (_, labels) in features.items()}
     report = {"pretrained": model.load_report.source, "images": sizes, "metrics": metrics}
     (run_dir / "frozen_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not verbose:
+        return run_dir
     print(f"run directory: {run_dir.resolve()}")
     print(f"frozen features of {model.load_report.source} ({sizes['train']} training images):")
     for key in ("knn/test/auroc", "knn/test/accuracy", "linear/test/auroc", "linear/test/accuracy"):

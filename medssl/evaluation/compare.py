@@ -18,6 +18,8 @@ from typing import Any
 
 from medssl.logging_setup import quiet_lightning
 
+_RESULT = {False: "test_metrics.json", True: "frozen_metrics.json"}  # by "is the trial frozen"
+
 SCRATCH = "scratch"
 
 
@@ -27,7 +29,7 @@ class Trial:
 
     init: str  # "scratch" or the label of a pretrained source
     pretrained: str  # "none" or the source given to --model.pretrained
-    mode: str  # finetune | linear_probe
+    mode: str  # finetune | linear_probe (trained through the backbone) | frozen (medssl evaluate)
     label_fraction: float
     seed: int
 
@@ -61,7 +63,7 @@ def trial_args(
 
     Segmentation has one mode (fine-tuning the whole network): ``--model.mode`` is for classification only.
     """
-    mode = ["--model.mode", trial.mode] if classification else []
+    mode = ["--model.mode", trial.mode] if classification and trial.mode != "frozen" else []
     return [
         "--config",
         recipe,
@@ -84,7 +86,7 @@ def run_sweep(
     trials: Sequence[Trial], recipe: str, out: Path, overrides: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every trial; a record per trial with its test metrics and training-set size."""
-    from medssl.commands import finetune
+    from medssl.commands import evaluate, finetune
     from medssl.commands.run_cli import UsageError
 
     classification = finetune.recipe_task(["--config", recipe, *overrides]) == "classification"
@@ -93,13 +95,13 @@ def run_sweep(
     records = []
     for number, trial in enumerate(trials, 1):
         run_dir = out / trial.folder
-        started, reused = time.monotonic(), (run_dir / "test_metrics.json").is_file()
+        started, reused = time.monotonic(), (run_dir / _RESULT[trial.mode == "frozen"]).is_file()
         if not reused:
             if run_dir.exists():  # a trial that stopped half-way: start it again
                 shutil.rmtree(run_dir)
             with quiet_lightning():
                 args = trial_args(trial, recipe, run_dir, overrides, classification=classification)
-                finetune.run(args, verbose=False)
+                (evaluate if trial.mode == "frozen" else finetune).run(args, verbose=False)
         records.append(_record(trial, run_dir))
         metric = default_metric(records)
         took = "reused" if reused else f"{time.monotonic() - started:.0f} s"
@@ -124,7 +126,13 @@ def default_metric(records: list[dict[str, Any]]) -> str:
 
 
 def _record(trial: Trial, run_dir: Path) -> dict[str, Any]:
-    metrics = json.loads((run_dir / "test_metrics.json").read_text())["metrics"]
-    splits_file = run_dir / "splits.json"
-    train = json.loads(splits_file.read_text())["train"] if splits_file.is_file() else []
-    return {**asdict(trial), "run": trial.folder, "train_images": len(train), "metrics": metrics}
+    if trial.mode == "frozen":  # the linear probe's metrics as test/*, the kNN's as test/knn_*
+        report = json.loads((run_dir / _RESULT[True]).read_text())
+        frozen = report["metrics"]
+        metrics = {k.replace("linear/test/", "test/"): v for k, v in frozen.items() if "linear/test/" in k}
+        metrics |= {k.replace("knn/test/", "test/knn_"): v for k, v in frozen.items() if "knn/test/" in k}
+        train_images = report["images"]["train"]
+    else:
+        metrics = json.loads((run_dir / _RESULT[False]).read_text())["metrics"]
+        train_images = len(json.loads((run_dir / "splits.json").read_text())["train"])
+    return {**asdict(trial), "run": trial.folder, "train_images": train_images, "metrics": metrics}

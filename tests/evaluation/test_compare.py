@@ -94,3 +94,18 @@ def test_cli_refuses_what_it_cannot_compare(tmp_path: Path, capsys) -> None:
     assert main(_compare_args(tmp_path, "--data.label_fraction", "0.1")) == 2
     assert "sets --data.label_fraction itself" in capsys.readouterr().err
     assert not (tmp_path / "compare").exists()
+
+
+def test_cli_frozen_mode_reports_the_linear_probe_and_knn_of_medssl_evaluate(tmp_path: Path) -> None:
+    pretrain = _pretrain_run(tmp_path)
+    args = _compare_args(tmp_path, "--pretrained", f"simclr={pretrain}", "--modes", "frozen")
+    args[args.index("--label-fractions") + 1 : args.index("--seeds")] = ["0.5"]
+    assert main(args) == 0
+    trials = json.loads((tmp_path / "compare" / "compare.json").read_text())["trials"]
+    assert [(t["init"], t["mode"], t["train_images"]) for t in trials] == [
+        ("scratch", "frozen", 12),
+        ("simclr", "frozen", 12),
+    ]
+    assert {"test/auroc", "test/knn_auroc", "test/f1"} <= set(trials[1]["metrics"])
+    frozen = json.loads((tmp_path / "compare" / trials[1]["run"] / "frozen_metrics.json").read_text())
+    assert trials[1]["metrics"]["test/auroc"] == frozen["metrics"]["linear/test/auroc"]
