@@ -10,6 +10,7 @@ from medssl.callbacks import SaveBackbone
 from medssl.commands.run_cli import RunCLI, build, resume_path
 from medssl.data.datamodule import PretrainDataModule
 from medssl.evaluation.online import KNNProbe
+from medssl.evaluation.views import ViewsFigure
 from medssl.methods import SSLMethod
 
 
@@ -39,7 +40,7 @@ def build_cli(args: list[str]) -> PretrainCLI:
         model_class=SSLMethod,
         datamodule_class=PretrainDataModule,
         subclass_mode_model=True,
-        trainer_defaults={"callbacks": [SaveBackbone()]},
+        trainer_defaults={"callbacks": [SaveBackbone(), ViewsFigure()]},
     )
 
 

@@ -10,7 +10,7 @@ from unittest.mock import patch
 from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from medssl.loggers import default_loggers
+from medssl.loggers import LoggerName, build_loggers
 from medssl.recipes_dir import recipes_dir
 
 
@@ -37,13 +37,22 @@ class RunCLI(LightningCLI):
             default=None,
             help="resume: 'last' (the run directory's last.ckpt) or a checkpoint path",
         )
+        parser.add_argument(
+            "--loggers",
+            type=list[LoggerName],
+            default=["csv"],
+            help="where metrics and figures go, inside the run directory: csv (metrics.csv, always), "
+            "tensorboard (tensorboard/), mlflow (mlruns/, a local MLflow file store); "
+            "e.g. --loggers+ mlflow. Ignored when trainer.logger is set",
+        )
         for source, target in self.LINKS:
             parser.link_arguments(source, target)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(Path(config.get("default_root_dir") or "."))
+            names = self._get(self.config_init, "loggers", default=["csv"])
+            kwargs["logger"] = build_loggers(names, Path(config.get("default_root_dir") or "."))
         return super().instantiate_trainer(**kwargs)
 
 

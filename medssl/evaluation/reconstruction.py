@@ -2,7 +2,7 @@
 
 After each validation epoch (rank 0, not during the sanity check) the first images of the first validation
 batch are reconstructed and saved to ``<run dir>/reconstructions/epoch_XXX.png``, and logged as an image to
-TensorBoard when that logger is in use. 3D volumes show their middle slice along the last axis.
+the loggers that take images (TensorBoard, MLflow). 3D volumes show their middle slice along the last axis.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
+
+from medssl.loggers import log_image
 
 ROWS = ("input", "masked", "reconstruction")
 
@@ -68,9 +69,7 @@ class ReconstructionFigure(pl.Callback):
         masked, reconstruction = pl_module.reconstruct(images)
         path = Path(trainer.default_root_dir) / self.folder / f"epoch_{trainer.current_epoch:03d}.png"
         rgb = save_figure([images, masked, reconstruction], path)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(f"val/{self.folder}", rgb, trainer.global_step, dataformats="HWC")
+        log_image(trainer, f"val/{self.folder}", rgb)
         self.last_path = path
 
 

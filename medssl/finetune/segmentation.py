@@ -21,6 +21,7 @@ from monai.networks.utils import one_hot
 from torch import Tensor
 
 from medssl.backbones import build_backbone
+from medssl.evaluation.overlays import SegmentationOverlay
 from medssl.finetune.decoders import SegmentationNet
 from medssl.finetune.pretrained import load_backbone_weights, summary
 from medssl.optim import skips_decay, warmup_cosine
@@ -77,6 +78,8 @@ class SegmentationModule(pl.LightningModule):
         sw_batch_size: windows per forward pass in sliding-window inference.
         sw_overlap: overlap of neighbouring windows.
         val_hd95: also compute HD95 during validation (always in test).
+        save_overlays: after each validation, write ``<run dir>/overlays/epoch_XXX.png`` (image, ground
+            truth, prediction) and log it to the loggers that take images.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class SegmentationModule(pl.LightningModule):
         sw_batch_size: int = 4,
         sw_overlap: float = 0.25,
         val_hd95: bool = True,
+        save_overlays: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -142,8 +146,11 @@ class SegmentationModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=mask.shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate("val", batch)
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [SegmentationOverlay()] if self.hparams["save_overlays"] else []
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return {"pred": self._evaluate("val", batch)}
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate("test", batch)
@@ -169,7 +176,8 @@ class SegmentationModule(pl.LightningModule):
         return logits
 
     # --- metrics -----------------------------------------------------------------------------
-    def _evaluate(self, stage: str, batch: dict[str, Tensor]) -> None:
+    def _evaluate(self, stage: str, batch: dict[str, Tensor]) -> Tensor:
+        """Log the loss, accumulate Dice (and HD95); returns the argmax prediction ``(B, 1, *S)``."""
         mask = self._checked_mask(plain(batch["mask"]))
         logits = self.predict_logits(plain(batch["image"]))
         self.log(f"{stage}/loss", self.loss(logits, mask), batch_size=mask.shape[0])
@@ -182,6 +190,7 @@ class SegmentationModule(pl.LightningModule):
         self.dice(pred_1h, mask_1h)
         if stage == "test" or self.hparams["val_hd95"]:
             self.hd95.append(hd95(pred_1h, mask_1h))
+        return pred
 
     def _log_metrics(self, stage: str) -> None:
         per_class = self.dice.aggregate()  # (K-1,), NaN where no image had that class

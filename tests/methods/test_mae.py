@@ -185,7 +185,7 @@ def test_smoke_run_writes_weights_and_reconstruction_figures(tmp_path, spatial_d
     run = tmp_path / "run"
     recipe = recipes_dir() / "smoke" / f"mae_{spatial_dims}d.yaml"
     args = ["pretrain", "--config", str(recipe), "--data.source", str(source)]
-    assert main([*args, "--trainer.default_root_dir", str(run)]) == 0
+    assert main([*args, "--trainer.default_root_dir", str(run), "--loggers+", "tensorboard"]) == 0
     assert (run / "weights" / "backbone.safetensors").is_file()
     figures = sorted(p.name for p in (run / "reconstructions").iterdir())
     assert figures == [
