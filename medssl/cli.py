@@ -15,6 +15,7 @@ commands:
   evaluate   kNN + linear probe on frozen features: medssl evaluate --config <classification recipe>
   compare    pretrained vs scratch over label fractions x seeds: medssl compare --config <recipe> ...
   export     pretrained weights for other tools: medssl export <run dir> --out <dir> [--format ...]
+  data       look at a dataset first: medssl data inspect <source> [--recipe recipes/pretrain/<recipe>.yaml]
   demo       offline demo on real anatomy (MNI152 brain template) shipped with nilearn
   list       registered methods, backbones and intensity presets
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": _evaluate,
         "compare": _compare,
         "export": _export,
+        "data": _data,
         "demo": _demo,
         "list": _list,
     }
@@ -87,6 +89,12 @@ def _export(args: list[str]) -> None:
     from medssl.commands.export import run
 
     run(args)
+
+
+def _data(args: list[str]) -> None:
+    from medssl.commands.inspect import run_data
+
+    run_data(args)
 
 
 def _demo(args: list[str]) -> None:
