@@ -81,7 +81,7 @@ def _mlflow(run_dir: Path) -> Logger:
     if uri.startswith("file:"):
         # MLflow 3 keeps the file store only behind this opt-in; it is the store that needs no server.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MLFlowLogger(experiment_name=MLFLOW_EXPERIMENT, run_name=run_dir.name, tracking_uri=uri)
+    return MLFlowLogger(experiment_name=MLFLOW_EXPERIMENT, run_name=run_dir.absolute().name, tracking_uri=uri)
 
 
 _BUILDERS = {"csv": RunCSVLogger, "tensorboard": _tensorboard, "mlflow": _mlflow}
