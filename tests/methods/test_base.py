@@ -82,6 +82,20 @@ def test_warmup_then_cosine_schedule(tmp_path, tiny):
     assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
 
 
+def test_warmup_counts_loader_passes_when_the_run_ends_by_max_steps(tmp_path, tiny):
+    model = _EMAMethod(lr=0.1, warmup_epochs=1, min_lr_ratio=0.0, **tiny)
+    trainer = _trainer(tmp_path, max_epochs=-1, max_steps=12)
+    lrs = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer.callbacks.append(Record())
+    trainer.fit(model, _loader(n=8, batch_size=2))  # 4 steps per pass: 4 warm-up steps of 12
+    assert len(lrs) == 12 and lrs.index(max(lrs)) == 3 and lrs[-1] < 0.01
+
+
 def test_no_weight_decay_on_biases_and_norms(tiny):
     model = _EMAMethod(weight_decay=0.5, **tiny)
     groups = model._build_optimizer().param_groups
