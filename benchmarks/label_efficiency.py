@@ -1,0 +1,237 @@
+"""Does pretraining help with few labels? Every method vs scratch on real data, at 1 / 10 / 100 % labels.
+
+For one dataset of ``../shared/data`` (``MEDSSL_DATA_DIR``) and a list of methods:
+
+1. ``medssl pretrain`` each method's recipe (``recipes/pretrain/<method>_<backbone>_<dataset>_<2d|3d>.yaml``)
+   on the training images without their labels, for a fixed number of optimiser steps (``--pretrain-steps``,
+   calibrated to about 10-20 CPU minutes here; the wall time is recorded). Test images are never used:
+   MedMNIST's test split is left out by the DataModule, Hippocampus pretrains on the cases outside the
+   fine-tuning's fixed patient hold-out, DRIVE on its training folder.
+2. ``medssl compare`` per fine-tuning recipe (one per backbone family, shared by the methods that pretrain
+   that backbone): fine-tune (and, for classification, the frozen-feature linear probe + kNN of ``medssl
+   evaluate``) from each method's weights and from scratch, at each label fraction x seed, for a fixed
+   number of steps whatever the fraction.
+3. ``results/label_efficiency_<dataset>.json`` (every trial, pretraining steps and minutes), ``.md`` (tables)
+   and ``.png`` (metric vs label fraction).
+
+Every finished run is kept under ``--work`` and reused: the benchmark can be run in pieces and resumed.
+
+    python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods simclr moco dino mae
+    python benchmarks/label_efficiency.py --dataset hippocampus --methods jcl simclr --fractions 0.1 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from medssl.cli import main as medssl
+from medssl.data.paths import data_dir
+from medssl.evaluation import report
+from medssl.recipes_dir import recipes_dir
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """How one dataset is benchmarked."""
+
+    name: str  # recipe suffix, e.g. "pneumoniamnist_2d"
+    backbones: dict[str, str]  # method -> backbone part of its recipe names
+    finetune: dict[str, str]  # backbone -> fine-tuning recipe
+    pretrain_steps: int
+    finetune_steps: int
+    val_every: int  # fine-tuning validation (model selection) every this many steps
+    modes: tuple[str, ...] = ("finetune", "frozen")
+    finetune_args: tuple[str, ...] = ()
+    pretrain_args: tuple[str, ...] = ()
+
+
+CNN = {"simclr": "resnet18", "moco": "resnet18", "dino": "resnet18", "mae": "vit_tiny", "jcl": "basicunet"}
+DATASETS = {
+    "pneumoniamnist": Dataset(
+        name="pneumoniamnist_2d",
+        backbones=CNN,
+        finetune={"resnet18": "cls_resnet18_pneumoniamnist_2d", "vit_tiny": "cls_vit_tiny_pneumoniamnist_2d"},
+        pretrain_steps=1500,
+        finetune_steps=300,
+        val_every=50,
+    ),
+    "adrenalmnist3d": Dataset(
+        name="adrenalmnist3d_3d",
+        backbones=CNN,
+        finetune={"resnet18": "cls_resnet18_adrenalmnist3d_3d", "vit_tiny": "cls_vit_tiny_adrenalmnist3d_3d"},
+        pretrain_steps=600,
+        finetune_steps=300,
+        val_every=50,
+    ),
+    "hippocampus": Dataset(
+        name="hippocampus_3d",
+        backbones=CNN,
+        finetune={
+            "resnet18": "seg_resnet18_hippocampus_3d",
+            "vit_tiny": "seg_vit_tiny_hippocampus_3d",
+            "basicunet": "seg_unet_hippocampus_3d",
+        },
+        pretrain_steps=1000,
+        finetune_steps=400,
+        val_every=100,
+        modes=("finetune",),
+    ),
+    "drive": Dataset(
+        name="drive_2d",
+        backbones=CNN,
+        finetune={"resnet18": "seg_resnet18_drive_2d", "basicunet": "seg_unet_drive_2d"},
+        pretrain_steps=1000,
+        finetune_steps=600,
+        val_every=100,
+        modes=("finetune",),
+    ),
+}
+
+
+def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Path, dict]:
+    """Pretrain (or reuse) one method; its run folder and ``{"steps", "minutes"}``."""
+    recipe = recipes_dir() / "pretrain" / f"{method}_{dataset.backbones[method]}_{dataset.name}.yaml"
+    if not recipe.is_file():
+        sys.exit(f"no pretraining recipe {recipe.name} for {method} on {dataset.name}")
+    run = work / "pretrain" / method
+    stats = run / "benchmark.json"
+    if not stats.is_file():
+        source = _pretraining_source(dataset, work)
+        started = time.monotonic()
+        _check(
+            medssl(
+                [
+                    "pretrain",
+                    "--config", str(recipe),
+                    *(["--data.source", str(source)] if source else []),
+                    "--trainer.default_root_dir", str(run),
+                    "--trainer.max_steps", str(steps),
+                    "--trainer.max_epochs", "-1",
+                    "--trainer.enable_progress_bar", "false",
+                    *dataset.pretrain_args,
+                ]
+            )
+        )  # fmt: skip
+        minutes = (time.monotonic() - started) / 60
+        stats.write_text(json.dumps({"steps": steps, "minutes": round(minutes, 1)}) + "\n")
+    return run, json.loads(stats.read_text())
+
+
+def compare(dataset: Dataset, backbone: str, runs: dict[str, Path], args: argparse.Namespace) -> list[dict]:
+    """``medssl compare`` of the methods pretraining ``backbone`` against scratch; the trial records."""
+    out = args.work / "compare" / dataset.finetune[backbone]
+    recipe = recipes_dir() / "finetune" / f"{dataset.finetune[backbone]}.yaml"
+    modes = [m for m in dataset.modes if m in args.modes]
+    _check(
+        medssl(
+            [
+                "compare",
+                "--config", str(recipe),
+                "--pretrained", *(f"{method}={run}" for method, run in runs.items()),
+                "--label-fractions", *map(str, args.fractions),
+                "--seeds", *map(str, args.seeds),
+                "--modes", *modes,
+                "--out", str(out),
+                "--trainer.max_steps", str(args.finetune_steps or dataset.finetune_steps),
+                "--trainer.max_epochs", "-1",
+                "--trainer.check_val_every_n_epoch", "null",
+                "--trainer.val_check_interval", str(dataset.val_every),
+                "--trainer.enable_progress_bar", "false",
+                *dataset.finetune_args,
+            ]
+        )
+    )  # fmt: skip
+    trials = json.loads((out / "compare.json").read_text())["trials"]
+    for trial in trials:  # scratch is per backbone family: say which
+        trial["backbone"] = backbone
+        if trial["init"] == "scratch":
+            trial["init"] = f"scratch ({backbone})"
+    return trials
+
+
+def _pretraining_source(dataset: Dataset, work: Path) -> Path | None:
+    """Hippocampus: a CSV of the cases outside the fine-tuning test hold-out; others: the recipe's own."""
+    if dataset.name != "hippocampus_3d":
+        return None
+    out = work / "pretrain_images.csv"
+    if not out.is_file():
+        from medssl.finetune.seg_data import SegmentationDataModule
+
+        splits = SegmentationDataModule(
+            source=str(data_dir() / "msd_hippocampus"), spatial_dims=3, num_classes=3, patch_size=[32, 48, 32]
+        ).items()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["image"])
+            writer.writerows([item["image"]] for split in ("train", "val") for item in splits[split])
+    return out
+
+
+def _check(code: int) -> None:
+    if code != 0:
+        sys.exit(f"a medssl run failed (exit {code})")
+
+
+def write_report(
+    dataset: Dataset, trials: list[dict], pretraining: dict[str, dict], args: argparse.Namespace
+) -> None:
+    out = HERE / "results" / f"label_efficiency_{dataset.name.rsplit('_', 1)[0]}"
+    metric = "test/auroc" if "frozen" in dataset.modes else "test/dice"
+    payload = {
+        "dataset": dataset.name,
+        "metric": metric,
+        "pretraining": pretraining,
+        "finetune_steps": args.finetune_steps or dataset.finetune_steps,
+        "seeds": args.seeds,
+        "label_fractions": args.fractions,
+        "trials": trials,
+    }
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    title = f"{dataset.name}: SSL-pretrained vs scratch"
+    budget = ", ".join(f"{m} {s['steps']} steps / {s['minutes']} min" for m, s in pretraining.items())
+    lines = [report.markdown(trials, metric, title), f"Pretraining on 2 CPU cores: {budget}.", ""]
+    if any(t["mode"] == "frozen" for t in trials):
+        knn = [t for t in trials if t["mode"] == "frozen"]
+        lines.append(report.markdown(knn, "test/knn_auroc", "kNN on frozen features").split("\n", 2)[2])
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    report.plot(trials, metric, out.with_suffix(".png"), title)
+    print("\n".join(lines))
+    print(f"written: {out}.json / .md / .png")
+
+
+def run(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    parser.add_argument("--methods", nargs="+", default=["simclr", "moco", "dino", "mae"])
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", default=["finetune", "frozen"])
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the dataset's own")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="default: the dataset's own")
+    parser.add_argument("--work", type=Path, default=None, help="default: runs/label_efficiency/<dataset>")
+    args = parser.parse_args(argv)
+    dataset = DATASETS[args.dataset]
+    args.work = args.work or Path("runs/label_efficiency") / args.dataset
+    runs, pretraining = {}, {}
+    for method in args.methods:
+        runs[method], pretraining[method] = pretrain(
+            dataset, method, args.work, args.pretrain_steps or dataset.pretrain_steps
+        )
+    trials = []
+    for backbone in dict.fromkeys(dataset.backbones[m] for m in args.methods):
+        group = {m: runs[m] for m in args.methods if dataset.backbones[m] == backbone}
+        trials += compare(dataset, backbone, group, args)
+    write_report(dataset, trials, pretraining, args)
+
+
+if __name__ == "__main__":
+    run()
