@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"medssl: unknown command {command!r}{hint}\n\n{USAGE}", file=sys.stderr)
         return 2
-    from medssl.errors import USER_ERRORS
+    from medssl.errors import RUN_STOPS, USER_ERRORS
     from medssl.logging_setup import quiet_third_party
 
     quiet_third_party()
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"medssl {command}: error: {err}", file=sys.stderr)
         return 2
+    except RUN_STOPS as err:
+        print(f"medssl {command}: {err}", file=sys.stderr)
+        return int(getattr(err, "exit_code", 1))
     return 0
 
 

@@ -12,8 +12,9 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser
 
-from medssl.commands.run_cli import RunCLI, build, resume_path
+from medssl.commands.run_cli import RunCLI, build, fit, resume_path
 from medssl.finetune.classification import ClassificationModule
+from medssl.reliability.privacy import redact_path
 
 log = logging.getLogger("medssl.finetune")
 
@@ -85,11 +86,15 @@ def run(args: list[str], *, verbose: bool = True) -> Path:
     run_dir = Path(cli.trainer.default_root_dir)
     ckpt_path = resume_path(run_dir, cli.config.ckpt_path)
     cli.datamodule.items()  # check the whole datalist before anything is written
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    fit(cli, ckpt_path)
     best = best_checkpoint(cli.trainer)
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+    results = cli.trainer.test(
+        cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False, weights_only=True
+    )
     metrics = {key: float(value) for key, value in sorted(results[0].items())}
-    write_test_metrics(run_dir, metrics, checkpoint=best, model=cli.model)
+    write_test_metrics(
+        run_dir, metrics, checkpoint=best, model=cli.model, record_paths=bool(cli.config.record_paths)
+    )
     if not verbose:
         return run_dir
     print(f"run directory: {run_dir.resolve()}")
@@ -111,11 +116,19 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 def write_test_metrics(
-    run_dir: Path, metrics: dict[str, float], *, checkpoint: str | None, model: Any
+    run_dir: Path,
+    metrics: dict[str, float],
+    *,
+    checkpoint: str | None,
+    model: Any,
+    record_paths: bool = False,
 ) -> Path:
-    """``<run dir>/test_metrics.json``: the metrics, the checkpoint tested and the pretrained source."""
+    """``<run dir>/test_metrics.json``: the metrics, the checkpoint tested and the pretrained source (a path
+    outside the run folder redacted to its name unless ``record_paths``)."""
     out = run_dir / "test_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": checkpoint, "pretrained": model.load_report.source, "metrics": metrics}
+    source = model.load_report.source
+    pretrained = source if record_paths else redact_path(source, run_dir)
+    report = {"checkpoint": checkpoint, "pretrained": pretrained, "metrics": metrics}
     out.write_text(json.dumps(report, indent=2) + "\n")
     return out

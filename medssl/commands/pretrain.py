@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+from pytorch_lightning import Callback
 from pytorch_lightning.cli import LightningArgumentParser
 
 from medssl.callbacks import SaveBackbone
-from medssl.commands.run_cli import RunCLI, build, resume_path
+from medssl.commands.run_cli import RunCLI, build, fit, resume_path
 from medssl.data.datamodule import PretrainDataModule
 from medssl.evaluation.online import KNNProbe
 from medssl.evaluation.views import ViewsFigure
@@ -44,13 +46,14 @@ def build_cli(args: list[str]) -> PretrainCLI:
     )
 
 
-def run(args: list[str]) -> Path:
-    """Run a pretraining job; returns the run directory."""
+def run(args: list[str], callbacks: Sequence[Callback] = ()) -> Path:
+    """Run a pretraining job (with extra ``callbacks``, e.g. to observe it); returns the run directory."""
     cli = build_cli(args)
+    cli.trainer.callbacks[:0] = callbacks  # type: ignore[attr-defined]  # first: they see every step
     run_dir = Path(cli.trainer.default_root_dir)
     ckpt_path = resume_path(run_dir, cli.config.ckpt_path)
     cli.datamodule.items()  # check the whole datalist before anything is written
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    fit(cli, ckpt_path)
     callbacks = getattr(cli.trainer, "callbacks", [])
     weights = next((c.path for c in callbacks if isinstance(c, SaveBackbone)), None)
     print(f"run directory: {run_dir.resolve()}")

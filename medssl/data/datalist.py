@@ -91,8 +91,15 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def _scan(folder: Path, root: Path) -> Iterator[str]:
-    """Image files and DICOM series folders under `folder`, sorted, depth first."""
-    entries = sorted(e for e in folder.iterdir() if not e.name.startswith("."))
+    """Image files and DICOM series folders under `folder`, sorted, depth first.
+
+    A folder that cannot be listed is yielded itself: the datalist checks then report it as unreadable.
+    """
+    try:
+        entries = sorted(e for e in folder.iterdir() if not e.name.startswith("."))
+    except OSError:
+        yield str(folder)
+        return
     files = [e for e in entries if e.is_file()]
     if any(_is_dicom_file(f) for f in files):
         yield str(folder)
@@ -166,8 +173,10 @@ def _from_csv(path: Path) -> list[Item]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise _error(path, f"not a readable CSV ({exc})") from exc
+    if not columns:
+        raise _error(path, "empty file; expected a header row with an 'image' column, then one row per image")
     if "image" not in columns:
-        raise _error(path, f"no 'image' column; found columns: {', '.join(columns) or 'none'}")
+        raise _error(path, f"no 'image' column; found columns: {', '.join(columns)}")
     if not rows:
         raise _error(path, "no rows; expected one image per row under the 'image' column")
     items, problems = [], []

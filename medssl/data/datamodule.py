@@ -16,6 +16,7 @@ from medssl.data.caching import CacheMode, check_fits, estimate_bytes, make_data
 from medssl.data.datalist import Item, load_datalist
 from medssl.data.paths import resolve_source
 from medssl.data.preprocess import check_channels, persistent_dir, preprocess_transform
+from medssl.data.resumable import DataOrder
 from medssl.data.splits import split_train_val
 from medssl.data.validation import check_datalist
 
@@ -45,6 +46,8 @@ class PretrainDataModule(pl.LightningDataModule):
             no ``split`` column.
         limit: use only this many images (a seeded random subset), e.g. for a quick trial.
         skip_bad: drop entries that fail the checks (and log them) instead of stopping.
+        check_content: read every image once before training to catch NaN / Inf voxels and constant
+            images; false keeps only the cheap header checks (very large datasets).
         seed: seed of the split and of ``limit``.
     """
 
@@ -65,6 +68,7 @@ class PretrainDataModule(pl.LightningDataModule):
         val_fraction: float = 0.05,
         limit: int | None = None,
         skip_bad: bool = False,
+        check_content: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -84,8 +88,10 @@ class PretrainDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.limit = limit
         self.skip_bad = skip_bad
+        self.check_content = check_content
         self.seed = seed
         self.view_transform: Callable | None = None
+        self.order = DataOrder(seed)  # data order and augmentations continue exactly on resume
         self._splits: tuple[list[Item], list[Item]] | None = None
 
     # --- items -------------------------------------------------------------------------------
@@ -103,6 +109,7 @@ class PretrainDataModule(pl.LightningDataModule):
                 keys=("image",),
                 skip_bad=self.skip_bad,
                 source=str(path),
+                content=self.check_content,
             )
             check_channels(self.preprocess(), items[0], self.in_channels, self.source)
             self._splits = split_train_val(items, val_fraction=self.val_fraction, seed=self.seed)
@@ -134,23 +141,22 @@ class PretrainDataModule(pl.LightningDataModule):
         batch_size = min(self.batch_size, len(self.train_set))
         if batch_size < self.batch_size:
             log.warning("only %d training images: batch_size lowered to %d", len(self.train_set), batch_size)
-        return self._loader(self.train_set, batch_size, shuffle=True)
+        return self._loader(self.train_set, batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, min(self.batch_size, len(self.val_set)), shuffle=False)
+        return self._loader(self.val_set, min(self.batch_size, len(self.val_set)), train=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict(self.trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.order.load_state_dict(state_dict)
 
     # --- helpers -----------------------------------------------------------------------------
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader(self, dataset: Any, batch_size: int, train: bool) -> DataLoader:
+        return self.order.loader(dataset, batch_size=batch_size, num_workers=self.num_workers, train=train)
 
     def _views_from_trainer(self) -> Callable:
         module = getattr(self.trainer, "lightning_module", None) if self.trainer else None

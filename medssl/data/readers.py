@@ -214,6 +214,7 @@ class Header:
     channels: int
     spacing: tuple[float, ...]
     dtype: str
+    affine: tuple[tuple[float, ...], ...] | None = None  # RAS voxel-to-world, as MONAI's readers give
 
 
 def read_header(path: PathLike) -> Header:
@@ -253,7 +254,8 @@ def nifti_header(img: nib.Nifti1Image) -> Header:
     dtype = img.get_data_dtype()
     channels = 3 if dtype.names is not None and len(dtype.names) == 3 else 1  # RGB24
     spacing = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
-    return Header(shape, channels, spacing, "uint8" if channels == 3 else dtype.name)
+    affine = tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine))
+    return Header(shape, channels, spacing, "uint8" if channels == 3 else dtype.name, affine)
 
 
 def _sitk_header(files: list[str], *, squeeze_single_slice: bool, spacing_z: float | None = None) -> Header:
@@ -265,16 +267,63 @@ def _sitk_header(files: list[str], *, squeeze_single_slice: bool, spacing_z: flo
         size, spacing = size[:2], spacing[:2]
     shape = _drop_trailing_singletons(size)
     dtype = _SITK_DTYPES.get(reader.GetPixelID(), sitk.GetPixelIDValueAsString(reader.GetPixelID()))
-    return Header(shape, reader.GetNumberOfComponents(), tuple(spacing[: len(shape)]), dtype)
+    rank = min(len(shape), 3)
+    spacing = spacing[: len(shape)]
+    affine = _ras_affine(reader.GetDirection(), spacing, reader.GetOrigin(), rank)
+    return Header(shape, reader.GetNumberOfComponents(), tuple(spacing), dtype, affine)
+
+
+def _ras_affine(
+    direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float], rank: int
+) -> tuple[tuple[float, ...], ...]:
+    """The RAS affine MONAI's ITK readers build from an ITK (LPS) direction, spacing and origin."""
+    full = round(len(direction) ** 0.5)
+    matrix = np.asarray(direction, dtype=float).reshape(full, full)[:rank, :rank]
+    affine = np.eye(rank + 1)
+    affine[:rank, :rank] = matrix @ np.diag(np.asarray(spacing[:rank], dtype=float))
+    affine[:rank, -1] = np.asarray(origin[:rank], dtype=float)
+    return tuple(tuple(float(v) for v in row) for row in orientation_ras_lps(affine))
+
+
+#: Slice gaps larger than this many times the series' typical spacing count as missing slices.
+MISSING_SLICE_FACTOR = 1.5
+#: Slice spacings that differ by more than this share of the typical one are inconsistent.
+SPACING_TOLERANCE = 0.01
 
 
 def _dicom_series_header(folder: PathLike) -> Header:
     files = dicom_series_files(folder)
     spacing_z = None
     if len(files) > 1:
-        origins = [np.asarray(_sitk_info(name).GetOrigin()) for name in files[:2]]
-        spacing_z = float(np.linalg.norm(origins[1] - origins[0])) or None
+        spacing_z = _slice_spacing([_sitk_info(name) for name in files])
     return _sitk_header(files, squeeze_single_slice=True, spacing_z=spacing_z)
+
+
+def _slice_spacing(slices: Sequence[sitk.ImageFileReader]) -> float:
+    """The spacing between consecutive slices along their normal; raises on gaps and uneven spacing."""
+    direction = np.asarray(slices[0].GetDirection(), dtype=float).reshape(3, 3)
+    normal = direction[:, 2]  # ITK: the third column is the slice normal
+    positions = np.sort([float(np.dot(reader.GetOrigin(), normal)) for reader in slices])
+    steps = np.diff(positions)
+    typical = float(np.median(steps))
+    if typical <= 1e-6 or steps.min() <= 1e-6:
+        raise ValueError(
+            f"DICOM series of {len(slices)} slices has slices at the same position (duplicated slices "
+            "or several acquisitions in one series)"
+        )
+    if len(steps) >= 2 and steps.max() > MISSING_SLICE_FACTOR * typical:
+        where = int(np.argmax(steps))
+        missing = round(steps.max() / typical) - 1
+        raise ValueError(
+            f"DICOM series has a gap of {steps.max():.3g} mm between slices {where + 1} and {where + 2} of "
+            f"{len(slices)} where the slice spacing is {typical:.3g} mm: {missing} missing slice(s)?"
+        )
+    if steps.max() - steps.min() > SPACING_TOLERANCE * typical:
+        raise ValueError(
+            f"DICOM series has inconsistent slice spacing: from {steps.min():.3g} to {steps.max():.3g} mm "
+            f"over {len(slices)} slices"
+        )
+    return typical
 
 
 def _sitk_info(name: str) -> sitk.ImageFileReader:
@@ -294,4 +343,4 @@ def _pil_header(path: PathLike) -> Header:
     except Exception as exc:
         raise ValueError(f"not a readable image (PIL: {exc})") from exc
     channels = len(ImageMode.getmode(_PLAIN_MODES.get(mode, mode)).bands)
-    return Header(tuple(size), channels, (1.0, 1.0), _PIL_DTYPES.get(mode, "uint8"))
+    return Header(tuple(size), channels, (1.0, 1.0), _PIL_DTYPES.get(mode, "uint8"), None)

@@ -28,6 +28,7 @@ from medssl.backbones import build_backbone
 from medssl.backbones.vit import ViTBackbone
 from medssl.finetune.pretrained import load_backbone_weights, summary
 from medssl.optim import skips_decay, warmup_cosine
+from medssl.reliability.divergence import LossGuard, NanPolicy
 
 log = logging.getLogger("medssl.finetune")
 Mode = Literal["linear_probe", "finetune"]
@@ -60,6 +61,7 @@ class ClassificationModule(pl.LightningModule):
         min_lr_ratio: final learning rate as a fraction of the peak.
         class_weights: loss weight of each class, or ``balanced`` (inverse training frequency); multi-label:
             BCE ``pos_weight`` (``balanced``: negatives / positives of each class).
+        nan_policy: on a NaN / Inf loss, ``stop`` (the last good checkpoint is kept) or ``skip`` the batch.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class ClassificationModule(pl.LightningModule):
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.01,
         class_weights: list[float] | Literal["balanced"] | None = None,
+        nan_policy: NanPolicy = "stop",
     ) -> None:
         super().__init__()
         if mode not in ("linear_probe", "finetune"):
@@ -101,6 +104,7 @@ class ClassificationModule(pl.LightningModule):
         self.class_weight: Tensor | None = (
             torch.tensor(class_weights, dtype=torch.float) if isinstance(class_weights, list) else None
         )
+        self.loss_guard = LossGuard(nan_policy)
         self.eval_metrics = nn.ModuleDict(
             {s: classification_metrics(num_classes, multi_label) for s in ("val", "test")}
         )
@@ -129,8 +133,10 @@ class ClassificationModule(pl.LightningModule):
         if self.hparams["mode"] == "linear_probe":
             self.backbone.eval()  # frozen: batch-norm statistics stay those of the pretraining
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         loss = self.loss(self(batch["image"]), batch["label"])
+        if self.loss_guard.check(self, {"loss": loss}) is None:
+            return None  # non-finite, skipped (nan_policy skip)
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"])
         )

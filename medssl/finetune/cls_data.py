@@ -11,18 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from monai.data import DataLoader
 from monai.transforms import Compose, EnsureTyped, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset
 
 from medssl.data.caching import CacheMode, check_fits, estimate_bytes, make_dataset
 from medssl.data.datalist import Item, load_datalist
 from medssl.data.fractions import case_ids, select_label_fraction, stratum
 from medssl.data.paths import resolve_source
 from medssl.data.preprocess import check_channels, persistent_dir, preprocess_transform
+from medssl.data.resumable import DataOrder
 from medssl.data.splits import split_train_val
-from medssl.data.validation import DatalistError, Problem, check_datalist
+from medssl.data.validation import SKIP_HINT, DatalistError, Problem, check_datalist, format_report
 
 log = logging.getLogger("medssl.data")
 SPLITS = ("train", "val", "test")
@@ -64,6 +64,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         test_seed: seed of that hold-out; keep it fixed to compare runs.
         limit: at most this many images of each of the source's splits (seeded), for a quick trial.
         skip_bad: drop entries that fail the checks instead of stopping.
+        check_content: read every image once before training to catch NaN / Inf voxels and constant
+            images; false keeps only the cheap header checks (very large datasets).
         seed: seed of the validation split, the label fraction and ``limit``.
     """
 
@@ -92,6 +94,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         test_seed: int = 0,
         limit: int | None = None,
         skip_bad: bool = False,
+        check_content: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -124,9 +127,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.test_seed = test_seed
         self.limit = limit
         self.skip_bad = skip_bad
+        self.check_content = check_content
         self.seed = seed
         self.class_names: list[str] | None = None
         self.sets: dict[str, Dataset] = {}
+        self.order = DataOrder(seed)  # training order and augmentations continue exactly on resume
         self._splits: dict[str, list[Item]] | None = None
 
     # --- items -------------------------------------------------------------------------------
@@ -145,6 +150,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                 keys=("image",),
                 skip_bad=self.skip_bad,
                 source=str(path),
+                content=self.check_content,
             )
             self._splits = self._split(items)
             check_channels(self.preprocess(), self._splits["train"][0], self.in_channels, str(path))
@@ -159,22 +165,40 @@ class ClassificationDataModule(pl.LightningDataModule):
         return [counts.get(c, 0) for c in range(self.num_classes)]
 
     def _encode(self, items: list[Item], path: Path) -> list[Item]:
-        """Labels as class indices (or 0/1 lists); every bad label is reported at once."""
+        """Labels as class indices (or 0/1 lists); every bad label is reported at once (or, with
+        ``skip_bad``, its item dropped)."""
         if not items:
             raise DatalistError([Problem(str(path), "no item has a label; classification needs labels", "")])
-        names = sorted({i["label"] for i in items if isinstance(i["label"], str)})
+        counts = Counter(i["label"] for i in items if isinstance(i["label"], str))
+        names = sorted(counts)
+        unknown: set[str] = set()
+        if names and not self.multi_label and len(names) > self.num_classes:
+            # more class names than classes: the rarest ones are the unknown values (typos, stray labels)
+            unknown = set(sorted(names, key=lambda n: (-counts[n], n))[self.num_classes :])
+            names = [n for n in names if n not in unknown]
         if names and not self.multi_label:
             self.class_names = names
             log.info("class names -> indices: %s", {n: c for c, n in enumerate(names)})
         problems, out = [], []
         for index, item in enumerate(items):
             label = names.index(item["label"]) if item["label"] in names else item["label"]
-            reason = self._label_problem(label)
+            if isinstance(item["label"], str) and item["label"] in unknown:
+                reason: str | None = (
+                    f"label {item['label']!r} is not one of the num_classes={self.num_classes} class names "
+                    f"the other labels use ({', '.join(names)})"
+                )
+            else:
+                reason = self._label_problem(label)
             where = str(item["image"]) if isinstance(item["image"], str) else f"{path} item {index}"
-            problems += [Problem(where, reason, "label")] if reason else []
-            out.append({**item, "label": label})
+            if reason:
+                problems.append(Problem(where, reason, "label"))
+            else:
+                out.append({**item, "label": label})
+        if problems and (not self.skip_bad or not out):
+            raise DatalistError(problems, str(path), SKIP_HINT if out else "")
         if problems:
-            raise DatalistError(problems, str(path))
+            hint = f"Dropped {len(problems)} of {len(items)} items (skip_bad)."
+            log.warning(format_report(problems, source=str(path), hint=hint))
         return out
 
     def _label_problem(self, label: Any) -> str | None:
@@ -262,16 +286,16 @@ class ClassificationDataModule(pl.LightningDataModule):
         batch_size = min(self.batch_size, len(dataset))  # type: ignore[arg-type]
         if batch_size < self.batch_size:
             log.warning("only %d training images: batch_size lowered to %d", len(dataset), batch_size)  # type: ignore[arg-type]
-        sampler = self._balanced_sampler() if self.balanced_sampling else None
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        weights = self.balanced_weights() if self.balanced_sampling else None
+        return self.order.loader(
+            dataset, batch_size=batch_size, num_workers=self.num_workers, train=True, weights=weights
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict(self.trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.order.load_state_dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader("val")
@@ -294,13 +318,11 @@ class ClassificationDataModule(pl.LightningDataModule):
             self.sets[name], batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
         )
 
-    def _balanced_sampler(self) -> WeightedRandomSampler:
+    def balanced_weights(self) -> list[float]:
         """Each training image weighted by 1 / (images of its class); multi-label: of its stratum."""
         strata = [stratum(i["label"]) for i in self.items()["train"]]
         counts = Counter(strata)
-        weights = [1.0 / counts[s] for s in strata]
-        generator = torch.Generator().manual_seed(self.seed)
-        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+        return [1.0 / counts[s] for s in strata]
 
     def _cache_dir(self) -> Path | None:
         if self.cache != "disk":

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from monai.data import DataLoader
@@ -30,10 +31,12 @@ from monai.transforms import (
 )
 
 from medssl.data.caching import CacheMode, check_fits, estimate_bytes, make_dataset
+from medssl.data.content import MaskRules
 from medssl.data.datalist import Item, load_datalist
 from medssl.data.fractions import select_label_fraction
 from medssl.data.paths import cache_dir, resolve_source
 from medssl.data.readers import IMAGE_SUFFIXES, LoadItemd, has_suffix
+from medssl.data.resumable import DataOrder
 from medssl.data.splits import split_train_val
 from medssl.data.validation import DatalistError, Problem, check_datalist
 from medssl.transforms.intensity import intensity_transform
@@ -141,6 +144,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         cache_dir: folder for ``cache: disk``.
         limit: use only the first ``limit`` labelled cases of each of the source's splits, for a quick trial.
         skip_bad: drop entries that fail the checks instead of stopping.
+        check_content: read every image once before training to catch NaN / Inf voxels and constant
+            images (and mask values outside the classes); false keeps only the cheap header checks
+            (very large datasets).
         seed: seed of the validation split and the label fraction.
     """
 
@@ -171,6 +177,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         limit: int | None = None,
         skip_bad: bool = False,
+        check_content: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -189,6 +196,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self._splits: dict[str, list[Item]] | None = None
+        self.order = DataOrder(seed)  # training order and augmentations continue exactly on resume
 
     # --- items -------------------------------------------------------------------------------
     def items(self) -> dict[str, list[Item]]:
@@ -204,8 +212,15 @@ class SegmentationDataModule(pl.LightningDataModule):
             if hp["limit"] is not None:
                 items = [i for name in (None, *SPLIT_NAMES) for i in _of_split(items, name)[: hp["limit"]]]
             keys = ["image", "mask"] + (["fov"] if any("fov" in i for i in items) else [])
+            rules = MaskRules(hp["num_classes"], hp["label_map"], hp["mask_threshold"])
             items = check_datalist(
-                items, spatial_dims=self.spatial_dims, keys=keys, skip_bad=hp["skip_bad"], source=str(path)
+                items,
+                spatial_dims=self.spatial_dims,
+                keys=keys,
+                skip_bad=hp["skip_bad"],
+                source=str(path),
+                content=hp["check_content"],
+                mask_rules=rules,
             )
             self._splits = self._split(items)
             self._check_first(self._splits["train"][0])
@@ -291,14 +306,15 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         batch_size = min(self.batch_size, len(self.train_set))
-        return DataLoader(
-            self.train_set,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        return self.order.loader(
+            self.train_set, batch_size=batch_size, num_workers=self.num_workers, train=True
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict(self.trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.order.load_state_dict(state_dict)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")

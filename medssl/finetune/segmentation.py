@@ -25,6 +25,7 @@ from medssl.evaluation.overlays import SegmentationOverlay
 from medssl.finetune.decoders import SegmentationNet
 from medssl.finetune.pretrained import load_backbone_weights, summary
 from medssl.optim import skips_decay, warmup_cosine
+from medssl.reliability.divergence import LossGuard, NanPolicy
 
 log = logging.getLogger("medssl.finetune")
 
@@ -80,6 +81,7 @@ class SegmentationModule(pl.LightningModule):
         val_hd95: also compute HD95 during validation (always in test).
         save_overlays: after each validation, write ``<run dir>/overlays/epoch_XXX.png`` (image, ground
             truth, prediction) and log it to the loggers that take images.
+        nan_policy: on a NaN / Inf loss, ``stop`` (the last good checkpoint is kept) or ``skip`` the batch.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class SegmentationModule(pl.LightningModule):
         sw_overlap: float = 0.25,
         val_hd95: bool = True,
         save_overlays: bool = True,
+        nan_policy: NanPolicy = "stop",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -122,6 +125,7 @@ class SegmentationModule(pl.LightningModule):
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
         self.hd95: list[Tensor] = []  # (B, K-1) per batch
+        self.loss_guard = LossGuard(nan_policy)
 
     @property
     def backbone(self) -> torch.nn.Module:
@@ -140,9 +144,11 @@ class SegmentationModule(pl.LightningModule):
         assert self.roi_size is not None
         self.net.check_size(self.roi_size)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         mask = self._checked_mask(plain(batch["mask"]))
         loss = self.loss(self(plain(batch["image"])), mask)
+        if self.loss_guard.check(self, {"loss": loss}) is None:
+            return None  # non-finite, skipped (nan_policy skip)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=mask.shape[0])
         return loss
 

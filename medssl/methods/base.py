@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from medssl.backbones import build_backbone
 from medssl.optim import skips_decay, warmup_cosine
 from medssl.registry import Registry
+from medssl.reliability.divergence import LossGuard, NanPolicy
 
 METHODS: Registry[type[SSLMethod]] = Registry("method")
 
@@ -37,6 +38,9 @@ class SSLMethod(pl.LightningModule):
         weight_decay: decoupled weight decay; biases, norms and embeddings get none.
         warmup_epochs: linear warm-up length in epochs (fractions allowed); cosine decay afterwards.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
+        nan_policy: on a NaN / Inf loss, ``stop`` the run (``last.ckpt`` stays the last good one) or
+            ``skip`` the batch: no weight or EMA update (the step counter and schedule still advance);
+            counted in ``train/skipped_batches``; 20 in a row still stop the run.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class SSLMethod(pl.LightningModule):
         weight_decay: float = 1e-4,
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.01,
+        nan_policy: NanPolicy = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -62,7 +67,8 @@ class SSLMethod(pl.LightningModule):
         self.backbone = build_backbone(
             backbone, spatial_dims=spatial_dims, in_channels=in_channels, **(backbone_kwargs or {})
         )
-        self._ema_step = 0
+        self._in_step = False
+        self.loss_guard = LossGuard(nan_policy)
 
     # --- what a method provides -------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -78,7 +84,7 @@ class SSLMethod(pl.LightningModule):
         return []
 
     def ema_momentum(self) -> float:
-        """Momentum for the EMA update at the current step."""
+        """Momentum for the EMA update after step number ``steps_taken`` (1 after the first step)."""
         return 0.996
 
     @property
@@ -92,31 +98,47 @@ class SSLMethod(pl.LightningModule):
         checkpoint["medssl"] = {
             "method": METHODS.name_of(type(self)),
             "pretrained_decoder_blocks": self.pretrained_decoder_blocks,
+            "skipped_batches": self.loss_guard.skipped,
         }
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loss_guard.skipped = int(checkpoint.get("medssl", {}).get("skipped_batches", 0))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         losses = self.compute_loss(batch)
-        self._log_losses("train", losses, batch)
-        return losses["loss"]
+        loss = self.loss_guard.check(self, losses)  # None: a non-finite loss skipped (nan_policy skip)
+        if loss is not None:
+            self._log_losses("train", losses, batch)
+        return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._log_losses("val", self.compute_loss(batch), batch)
 
     def on_train_start(self) -> None:
-        self._ema_step = self.trainer.global_step
         # A resumed run may train longer than the one that saved the checkpoint: end the cosine there.
         for config in self.trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, CosineWarmupScheduler):
                 config.scheduler.max_epochs = max(1, int(self.trainer.estimated_stepping_batches))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step only moves on a real optimiser step (not on accumulation-only batches).
-        if self.trainer.global_step == self._ema_step:
+    @property
+    def steps_taken(self) -> int:
+        """Optimiser steps taken, counting the one whose EMA update is running."""
+        return self.trainer.global_step + int(self._in_step)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # Lightning calls this on real optimiser steps only (not on accumulation-only batches). The EMA
+        # update happens here, inside the step, so that any checkpoint written after it (a callback's
+        # on_train_batch_end runs before this module's) holds the updated teacher.
+        super().optimizer_step(*args, **kwargs)
+        if self.loss_guard.consecutive:  # a skipped (non-finite) batch: the online weights did not move
             return
-        self._ema_step = self.trainer.global_step
-        momentum = self.ema_momentum()
-        for online, ema in self.ema_pairs():
-            update_momentum(online, ema, m=momentum)
+        self._in_step = True
+        try:
+            momentum = self.ema_momentum()
+            for online, ema in self.ema_pairs():
+                update_momentum(online, ema, m=momentum)
+        finally:
+            self._in_step = False
 
     def configure_optimizers(self) -> Any:
         optimizer = self._build_optimizer()

@@ -115,7 +115,7 @@ class DINO(SSLMethod):
         if trainer is None or not math.isfinite(trainer.estimated_stepping_batches):
             return self.momentum_start
         total = max(1, int(trainer.estimated_stepping_batches))
-        return cosine_schedule(min(trainer.global_step, total), total, self.momentum_start, 1.0)
+        return cosine_schedule(min(self.steps_taken, total), total, self.momentum_start, 1.0)
 
     def on_after_backward(self) -> None:
         self.projection_head.cancel_last_layer_gradients(self.current_epoch)

@@ -101,7 +101,7 @@ class MoCo(SSLMethod):
         total = self._trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         if not math.isfinite(total):
             return start
-        step = max(self.trainer.global_step - 1, 0)  # the optimiser step just taken, counted from 0
+        step = max(self.steps_taken - 1, 0)  # the optimiser step just taken, counted from 0
         return cosine_schedule(step, max(1, int(total)), start, end)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

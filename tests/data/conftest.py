@@ -40,9 +40,17 @@ def write_sitk(path: Path, array: np.ndarray, spacing: tuple[float, ...] = SPACI
 
 
 def write_dicom_series(
-    folder: Path, array: np.ndarray, *, series_uid: str = "1.2.826.0.1.3680043.2.1125.1", suffix: str = ".dcm"
+    folder: Path,
+    array: np.ndarray,
+    *,
+    series_uid: str = "1.2.826.0.1.3680043.2.1125.1",
+    suffix: str = ".dcm",
+    z_positions: list[float] | None = None,
 ) -> Path:
-    """One file per z slice with the tags a scanner would write (SimpleITK's DicomSeriesFromArray example)."""
+    """One file per z slice with the tags a scanner would write (SimpleITK's DicomSeriesFromArray example).
+
+    ``z_positions`` overrides where each slice lies along z (mm), e.g. to write uneven spacing.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     volume = sitk_image(array)
     writer = sitk.ImageFileWriter()
@@ -61,7 +69,9 @@ def write_dicom_series(
         image_slice = volume[:, :, z]
         for tag, value in tags.items():
             image_slice.SetMetaData(tag, value)
-        position = volume.TransformIndexToPhysicalPoint((0, 0, z))
+        position = list(volume.TransformIndexToPhysicalPoint((0, 0, z)))
+        if z_positions is not None:
+            position[2] = z_positions[z]
         image_slice.SetMetaData("0020|0032", "\\".join(map(str, position)))
         image_slice.SetMetaData("0020|0013", str(z + 1))
         image_slice.SetMetaData("0008|0018", f"{series_uid}.{z + 1}")

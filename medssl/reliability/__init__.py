@@ -1,0 +1,1 @@
+"""Surviving kills, preemption and divergence: atomic checkpoints, exact resume, signals, NaN policy."""
