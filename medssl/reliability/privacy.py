@@ -78,7 +78,7 @@ class RedactPaths(pl.Callback):
         for owner in (pl_module, getattr(trainer, "datamodule", None)):
             initial = getattr(owner, "_hparams_initial", None)
             if initial is not None:
-                owner._hparams_initial = redact(initial, root)  # type: ignore[union-attr]  # noqa: SLF001
+                owner._hparams_initial = redact(initial, root)  # type: ignore[union-attr]
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
