@@ -20,7 +20,7 @@ from monai.transforms import Compose, Orientationd
 
 from medssl.data.datalist import Item
 from medssl.data.readers import LoadItemd, read_header
-from medssl.data.validation import Problem, find_problems, format_report
+from medssl.data.validation import Problem, find_leaks, find_problems, format_report
 from medssl.evaluation.figures import as_numpy, display_plane, grid, overlay, to_rgb
 
 log = logging.getLogger("medssl.data")
@@ -185,9 +185,9 @@ def inspect_items(
     """
     inferred = spatial_dims is None
     dims = infer_spatial_dims(items) if spatial_dims is None else spatial_dims
-    found = find_problems(items, spatial_dims=dims)
+    found = find_problems(items, spatial_dims=dims) + find_leaks(items)
     bad = {index for index, _ in found}
-    problems = [problem for _, problem in found]
+    problems = list(dict.fromkeys(problem for _, problem in found))  # one line per leaked patient
     usable = [item for index, item in enumerate(items) if index not in bad]
     loaded, load_problems = load_sample(sample(usable, max_items, seed), dims)
     problems += load_problems
