@@ -23,6 +23,7 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 
 from medssl.methods.base import METHODS, SSLMethod
+from medssl.ops.distributions import teacher_entropies
 from medssl.transforms.multicrop import NUM_GLOBAL, multi_crop_transform
 from medssl.transforms.views import ViewAugment
 
@@ -33,7 +34,8 @@ class DINO(SSLMethod):
 
     The teacher sees the two global crops, the student every crop; crops of one size go through the
     student in one batch. ResNets accept any crop size; a ViT (fixed ``img_size``) needs every crop,
-    local ones included, at its ``img_size``.
+    local ones included, at its ``img_size``. Logged with the loss: ``teacher_entropy`` + ``kl`` (= loss) and
+    ``constant_student``, the loss of a student that ignores its input; only a loss below it is learning.
 
     Args:
         hidden_dim: width of the head's MLP.
@@ -128,18 +130,31 @@ class DINO(SSLMethod):
         if self.num_local:
             local_crops = torch.cat([batch[f"local_{i}"] for i in range(self.num_local)])  # (NB, C, *local)
             student += self._student(local_crops).chunk(self.num_local)  # N x (B, K)
-        return {"loss": self._loss(list(teacher), student)}
+        return self._loss(list(teacher), student)
 
     def _student(self, crops: Tensor) -> Tensor:
         return self.projection_head(self.backbone(crops))  # (n B, K)
 
-    def _loss(self, teacher: list[Tensor], student: list[Tensor]) -> Tensor:
-        """lightly's DINO loss at this epoch's teacher temperature; validation leaves the centre alone."""
-        center = None if self.training else self.criterion.center.clone()
-        loss = self.criterion(teacher, student, epoch=self.current_epoch)
-        if center is not None:
+    def _teacher_temp(self) -> float:
+        """This epoch's teacher temperature on lightly's linear warm-up schedule."""
+        if self.current_epoch < self.criterion.warmup_teacher_temp_epochs:
+            return float(self.criterion.teacher_temp_schedule[self.current_epoch])
+        return self.criterion.teacher_temp
+
+    def _loss(self, teacher: list[Tensor], student: list[Tensor]) -> dict[str, Tensor]:
+        """lightly's DINO loss and its parts (``teacher_entropies``); validation leaves the centre alone."""
+        center, temperature = self.criterion.center.clone(), self._teacher_temp()
+        teacher_entropy, constant_student = teacher_entropies(torch.stack(teacher), center, temperature)
+        loss = self.criterion(teacher, student, teacher_temp=temperature)
+        if not self.training:
             self.criterion.center.copy_(center)
-        return loss
+        kl = loss.detach() - teacher_entropy
+        return {
+            "loss": loss,
+            "teacher_entropy": teacher_entropy,
+            "kl": kl,
+            "constant_student": constant_student,
+        }
 
 
 def _check_crop_sizes(backbone: nn.Module, sizes: dict[str, int | Sequence[int]]) -> None:

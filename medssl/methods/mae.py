@@ -31,12 +31,22 @@ def masked_patch_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool 
     return (per_patch * mask).sum() / mask.sum()
 
 
+def flat_patches(target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
+    """The no-learning reference: every patch flat, at 0 (its own mean once normalised) with ``norm_pix``,
+    else at the image's mean over its visible (``mask`` 0) patches."""
+    if norm_pix:
+        return torch.zeros_like(target)
+    visible = 1 - mask  # (B, L)
+    return ((target.mean(-1) * visible).sum(1) / visible.sum(1)).view(-1, 1, 1).expand_as(target)
+
+
 @METHODS.register("mae")
 class MAE(SSLMethod):
     """Masked autoencoder on a registered ViT backbone (``vit_tiny/small/base``), 2D and 3D.
 
     The encoder runs on the visible patches only (``round(L * (1 - mask_ratio))`` per image): that is where
-    the speed comes from. Patch sizes may be anisotropic in 3D, e.g. ``(4, 8, 8)``.
+    the speed comes from. Patch sizes may be anisotropic in 3D, e.g. ``(4, 8, 8)``. Logged with the loss:
+    ``flat_patches``, the loss of predicting every masked patch flat; only a loss below it is learning.
 
     Args:
         mask_ratio: share of patches removed per image; 0 trains a plain patch autoencoder (loss on all
@@ -107,7 +117,11 @@ class MAE(SSLMethod):
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         pred, target, mask = self.predict_patches(batch["view_0"])
         weights = mask if self.mask_ratio > 0 else torch.ones_like(mask)
-        return {"loss": masked_patch_mse(pred, target, weights, self.norm_pix_loss)}
+        flat = flat_patches(target, mask, self.norm_pix_loss)
+        return {
+            "loss": masked_patch_mse(pred, target, weights, self.norm_pix_loss),
+            "flat_patches": masked_patch_mse(flat, target, weights, self.norm_pix_loss),
+        }
 
     def predict_patches(
         self, images: Tensor, generator: torch.Generator | None = None

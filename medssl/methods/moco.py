@@ -34,7 +34,9 @@ class MoCo(SSLMethod):
     over both directions. v2 uses lightly's ``NTXentLoss`` whose memory bank is the queue (``2B`` keys
     enter it per step after the loss, gathered over all ranks); the queue is saved in checkpoints. v3
     uses a 3-layer BN projection, a prediction head on the query side and the other keys of the batch
-    (over all ranks) as negatives; its loss is not scaled by ``2 * temperature``.
+    (over all ranks) as negatives; its loss is not scaled by ``2 * temperature``. v2 also logs ``in_batch``,
+    the v3 loss of its queries and keys (chance ``log B``): the queue loss first rises as real keys replace
+    the random initial queue, so ``in_batch`` is the one that shows progress in a short run.
 
     Args:
         version: ``"v2"`` or ``"v3"``.
@@ -112,9 +114,8 @@ class MoCo(SSLMethod):
         k = self._keys(views).roll(len(views) // 2, dims=0)  # (2B, D): the other view's key
         if self.criterion is None:
             return {"loss": in_batch_infonce(q, k, self.temperature)}
-        if not self.mochi:
-            return {"loss": self.criterion(q, k)}
-        return {"loss": self._mochi_loss(q, k, self.criterion)}
+        loss = self._mochi_loss(q, k, self.criterion) if self.mochi else self.criterion(q, k)
+        return {"loss": loss, "in_batch": in_batch_infonce(q.detach(), k, self.temperature)}
 
     @torch.no_grad()
     def _keys(self, views: Tensor) -> Tensor:

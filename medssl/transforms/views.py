@@ -33,7 +33,9 @@ class ViewAugment:
     Args:
         size: output size of the view per spatial axis (an int is used on every axis).
         min_scale: smallest crop side as a fraction of the image side (random resized crop).
-        flip_prob: probability of a flip along each spatial axis.
+        flip_prob: probability of a flip along each axis of ``flip_axes``.
+        flip_axes: the spatial axes that may be flipped; ``None``: every axis. Anatomy is rarely symmetric
+            top-bottom: e.g. ``[1]`` flips a 2D image left-right only, ``[0]`` a RAS volume.
         intensity: maximum relative change of scale and of shift of the intensities.
         gamma: range of the random gamma (contrast) change; ``(1, 1)`` switches it off.
         blur_prob: probability of a Gaussian blur.
@@ -43,6 +45,7 @@ class ViewAugment:
     size: int | Sequence[int] = 32
     min_scale: float = 0.4
     flip_prob: float = 0.5
+    flip_axes: Sequence[int] | None = None
     intensity: float = 0.2
     gamma: tuple[float, float] = (0.7, 1.5)
     blur_prob: float = 0.2
@@ -55,8 +58,11 @@ def spatial_steps(name: str, augment: ViewAugment, spatial_dims: int) -> list:
         RandScaleCropd(name, roi_scale=augment.min_scale, max_roi_scale=1.0, random_size=True),
         Resized(name, spatial_size=per_axis(augment.size, spatial_dims), mode="area"),
     ]
+    axes = range(spatial_dims) if augment.flip_axes is None else augment.flip_axes
+    if any(not 0 <= axis < spatial_dims for axis in axes):
+        raise ValueError(f"flip_axes {list(axes)} must be spatial axes 0..{spatial_dims - 1}")
     if augment.flip_prob > 0:
-        steps += [RandFlipd(name, prob=augment.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
+        steps += [RandFlipd(name, prob=augment.flip_prob, spatial_axis=axis) for axis in axes]
     return steps
 
 

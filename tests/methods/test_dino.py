@@ -57,7 +57,7 @@ def test_loss_matches_the_reference_formula(tiny):
     model.criterion.center.copy_(torch.randn(1, 1, 32))
     teacher, student = _outputs()
     expected = reference_dino_loss(teacher, student, model.criterion.center[0], 0.05, 0.2)
-    assert model._loss(teacher, student).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model._loss(teacher, student)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -91,7 +91,36 @@ def test_teacher_temperature_warms_up_by_epoch(tiny, monkeypatch):
         monkeypatch.setattr(DINO, "current_epoch", property(lambda self, e=epoch: e))
         model.criterion.center.zero_()
         expected = reference_dino_loss(teacher, student, torch.zeros(32), temp, 0.1)
-        assert model._loss(teacher, student).item() == pytest.approx(expected.item(), rel=1e-5), epoch
+        assert model._loss(teacher, student)["loss"].item() == pytest.approx(expected.item(), rel=1e-5), epoch
+
+
+def test_loss_is_teacher_entropy_plus_kl_and_the_constant_student_is_the_mean_teacher(tiny):
+    model = _model(tiny, teacher_temp=0.5)  # soft enough that no probability underflows in the reference
+    model.criterion.center.copy_(torch.randn(1, 1, 32))
+    center = model.criterion.center.clone()
+    teacher, student = _outputs()
+    terms = model._loss(teacher, student)
+    probs = [F.softmax((t - center[0]) / 0.5, dim=-1) for t in teacher]  # 2 x (B, K)
+    entropy = torch.stack([-(p * p.log()).sum(-1).mean() for p in probs]).mean()
+    mean = torch.cat(probs).mean(0)
+    assert terms["teacher_entropy"].item() == pytest.approx(entropy.item(), rel=1e-5)
+    assert (terms["teacher_entropy"] + terms["kl"]).item() == pytest.approx(terms["loss"].item(), rel=1e-6)
+    assert terms["constant_student"].item() == pytest.approx(-(mean * mean.log()).sum().item(), rel=1e-5)
+    # the best input-blind student predicts the mean teacher distribution and scores exactly that
+    blind = [mean.log().expand(3, -1) * 0.1] * 4  # log-probabilities times the student temperature
+    model.criterion.center.copy_(center)  # the first call moved it
+    assert model._loss(teacher, blind)["loss"].item() == pytest.approx(
+        terms["constant_student"].item(), rel=1e-4
+    )
+
+
+def test_a_uniform_teacher_gives_log_k_for_entropy_and_constant_student(tiny):
+    model = _model(tiny)
+    teacher, student = [torch.zeros(3, 32)] * 2, _outputs()[1]
+    terms = model._loss(teacher, student)
+    assert terms["teacher_entropy"].item() == pytest.approx(math.log(32), rel=1e-6)
+    assert terms["constant_student"].item() == pytest.approx(math.log(32), rel=1e-6)
+    assert terms["kl"].item() >= 0
 
 
 def test_centre_follows_the_ema_rule_and_is_saved(tiny):

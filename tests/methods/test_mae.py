@@ -10,7 +10,7 @@ from PIL import Image
 
 from medssl.cli import main
 from medssl.methods.base import METHODS
-from medssl.methods.mae import MAE, masked_patch_mse
+from medssl.methods.mae import MAE, flat_patches, masked_patch_mse
 from medssl.ops.patches import patchify, random_masking
 from medssl.recipes_dir import recipes_dir
 from medssl.transforms.views import ViewAugment
@@ -67,6 +67,33 @@ def test_golden_masked_patch_loss_on_tiny_tensors():
     assert masked_patch_mse(pred, target, mask).item() == pytest.approx(expected, rel=1e-5)
     plain = ((pred - target) ** 2).mean(-1)[mask.bool()].mean()
     assert masked_patch_mse(pred, target, mask, norm_pix=False).item() == pytest.approx(plain.item())
+
+
+def test_flat_patch_reference_by_hand():
+    target = torch.tensor([[[1.0, 3.0], [2.0, 2.0], [0.0, 4.0]]])  # (1, 3 patches, 2 pixels)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the last patch is visible
+    # normalised (unbiased variance 2), patch 0 is (-1, 1) / sqrt(2): MSE 0.5 against zero; patch 1 is
+    # constant, hence 0 once normalised: the mean over the two masked patches is 0.25
+    loss = masked_patch_mse(flat_patches(target, mask), target, mask)
+    assert loss.item() == pytest.approx(0.25, rel=1e-5)
+    # raw pixels: flat at the mean of the visible patch (2.0): patch 0 MSE 1, patch 1 MSE 0
+    raw = flat_patches(target, mask, norm_pix=False)
+    assert torch.equal(raw, torch.full_like(target, 2.0))
+    assert masked_patch_mse(raw, target, mask, norm_pix=False).item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_logged_flat_patch_reference_is_the_loss_of_flat_predictions(norm_pix_loss):
+    torch.manual_seed(0)
+    model = tiny_mae(2, norm_pix_loss=norm_pix_loss).eval()
+    x = images(2)
+    torch.manual_seed(1)
+    terms = model.compute_loss({"view_0": x})
+    torch.manual_seed(1)
+    _, target, mask = model.predict_patches(x)
+    expected = masked_patch_mse(flat_patches(target, mask, norm_pix_loss), target, mask, norm_pix_loss)
+    assert terms["flat_patches"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not terms["flat_patches"].requires_grad
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -121,6 +121,20 @@ def test_v2_loss_is_the_paper_infonce_and_keys_enter_the_queue_after(tiny, spati
     assert torch.equal(model.criterion.memory_bank.bank[6:], queue[6:])
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"mochi": True, "mochi_top_k": 4, "mochi_mix": 2, "mochi_query_mix": 1}]
+)
+def test_v2_also_logs_the_in_batch_infonce_without_gradient(tiny, options):
+    model = _model(tiny, 2, temperature=0.3, **options).eval()
+    batch = _batch(2)
+    terms = model.compute_loss(batch)
+    q, k = _embeddings(model, batch)
+    pairs = zip(q.chunk(2), k.chunk(2), strict=True)
+    halves = [F.cross_entropy(qh @ kh.T / 0.3, torch.arange(3)) for qh, kh in pairs]
+    assert terms["in_batch"].item() == pytest.approx(torch.stack(halves).mean().item(), rel=1e-5)
+    assert terms["loss"].requires_grad and not terms["in_batch"].requires_grad
+
+
 def test_queue_advances_by_both_views_keys_per_step_wraps_and_is_frozen_without_grad(tiny):
     model = _model(tiny, queue_size=10).eval()
     bank = model.criterion.memory_bank

@@ -44,3 +44,15 @@ def test_weakest_augment_is_only_a_resize():
     image = torch.rand(1, 16, 16)
     out = multi_view_transform([plain], 2)({"image": image})
     assert torch.allclose(out["view_0"], image)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_flip_axes_flips_only_the_named_axes(spatial_dims):
+    fixed = dict(min_scale=1.0, flip_prob=1.0, intensity=0.0, gamma=(1.0, 1.0), blur_prob=0.0, noise_std=0.0)
+    image = torch.rand((1,) + (6,) * spatial_dims)
+    out = multi_view_transform([ViewAugment(size=6, flip_axes=[0], **fixed)], spatial_dims)({"image": image})
+    assert torch.allclose(out["view_0"], image.flip(1))  # axis 0 is tensor dim 1, after the channel
+    every = multi_view_transform([ViewAugment(size=6, **fixed)], spatial_dims)({"image": image})
+    assert torch.allclose(every["view_0"], image.flip(list(range(1, spatial_dims + 1))))
+    with pytest.raises(ValueError, match=r"flip_axes \[2\] must be spatial axes 0\.\.1"):
+        multi_view_transform([ViewAugment(flip_axes=[2])], 2)
