@@ -52,4 +52,25 @@ def assert_short_run(rows: list[dict[str, str]], run_dir: Path) -> None:
 
 
 def epoch_losses(rows: list[dict[str, str]]) -> list[float]:
-    return [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    return epoch_means(rows, "train/loss")
+
+
+def epoch_means(rows: list[dict[str, str]], key: str) -> list[float]:
+    """Per-epoch means of a logged training term, e.g. ``train/loss_in_batch``."""
+    return [float(r[f"{key}_epoch"]) for r in rows if r.get(f"{key}_epoch")]
+
+
+def learning_run(limit: int, epochs: int, batch_size: int = 32) -> list[str]:
+    """Overrides of a short learning run: a seeded subset of ``limit`` images, one warm-up epoch."""
+    return [
+        "--data.limit", str(limit),
+        "--data.batch_size", str(batch_size),
+        "--data.num_workers", "0",
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.enable_progress_bar", "false",
+        "--model.init_args.warmup_epochs", "1",
+    ]  # fmt: skip
+
+
+def resnet10(backbone_kwargs: str) -> list[str]:
+    return ["--model.init_args.backbone", "resnet10", "--model.init_args.backbone_kwargs", backbone_kwargs]

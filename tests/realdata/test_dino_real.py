@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import SHORT_RUN, assert_short_run, epoch_losses, pretrain
+from .conftest import SHORT_RUN, assert_short_run, epoch_losses, epoch_means, learning_run, pretrain, resnet10
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -34,40 +34,65 @@ def test_recipe_runs_on_real_data(real_data, tmp_path, recipe):
     assert_short_run(pretrain(recipe, run, *SHORT), run)
 
 
-def test_dino_loss_falls_on_pneumoniamnist(real_data, tmp_path):
-    """5 epochs on 256 real chest X-rays (BN head, teacher momentum 0.99, K = 256 prototypes).
+DINO = ["--model.init_args.hidden_dim", "128", "--model.init_args.lr", "3e-3"]
+# 3D: at this width the standard stem leaves local crops of 14^3 a single voxel at layer 4; globals only.
+GLOBALS_ONLY = ["--model.init_args.num_local", "0"]
 
-    Measured (seeded, twice the same): 5.74, 5.66, 5.56, 5.53, 5.55; log(256) = 5.55 is the loss of a
-    uniform teacher. A weak signal at this size: the fall is small. Without the head's batch norm the
-    runs collapsed to a uniform output (the loss rose from 4.0 to log K), which this test catches.
+
+def assert_student_predicts_teacher(
+    rows: list[dict[str, str]], epochs: int, fall: float, margin: float
+) -> None:
+    """The loss fell by ``fall`` and ended ``margin`` below the constant student.
+
+    ``train/loss_constant_student`` is the loss of the best student that ignores its input (the batch-mean
+    teacher distribution); both collapses (uniform or one-hot teacher) bring the loss to it, and a student
+    that cannot predict the teacher from the image stays above it.
     """
-    run = tmp_path / "run"
-    args = [
-        "--model.init_args.backbone",
-        "resnet10",
-        "--model.init_args.backbone_kwargs",
-        "{small_input: true, widen_factor: 0.25}",
-        "--model.init_args.warmup_epochs",
-        "1",
-        "--model.init_args.hidden_dim",
-        "128",
-        "--model.init_args.output_dim",
-        "256",
+    loss, constant = epoch_losses(rows), epoch_means(rows, "train/loss_constant_student")
+    assert len(loss) == epochs
+    assert loss[-1] < loss[0] - fall, loss
+    assert loss[-1] < constant[-1] - margin, (loss, constant)
+
+
+def test_dino_learns_on_pneumoniamnist(real_data, tmp_path):
+    """DINO (the recipe: K = 2048, teacher 0.04, momentum 0.99) for 5 epochs on 512 real chest X-rays.
+
+    Measured: loss 7.58 -> 6.49 against a constant student at 6.61 (log K = 7.62); the fall is all KL
+    (3.32 -> 1.32), the teacher entropy rises (4.26 -> 5.17). Before (+-20 % intensity, gamma, noise,
+    all-axis flips, K = 256): 5.74 -> 5.55, above the constant student (5.23) all along. With the
+    teacher temperature warmed to 0.07 over 3 epochs: 7.58 -> 7.38, constant 7.47 (closer to uniform).
+    """
+    overrides = [
+        *resnet10("{small_input: true, widen_factor: 0.25}"),
+        *DINO,
         "--model.init_args.num_local",
         "2",
-        "--model.init_args.teacher_temp",
-        "0.04",
-        "--data.limit",
-        "256",
-        "--data.batch_size",
-        "32",
-        "--data.num_workers",
-        "0",
-        "--trainer.max_epochs",
-        "5",
-        "--trainer.enable_progress_bar",
-        "false",
     ]
-    epoch_loss = epoch_losses(pretrain("dino_resnet18_pneumoniamnist_2d", run, *args))
-    assert len(epoch_loss) == 5
-    assert epoch_loss[-1] < epoch_loss[0] - 0.1, epoch_loss
+    rows = pretrain("dino_resnet18_pneumoniamnist_2d", tmp_path / "run", *overrides, *learning_run(512, 5))
+    assert_student_predicts_teacher(rows, 5, fall=0.5, margin=0.05)
+
+
+def test_dino_learns_on_adrenalmnist3d(real_data, tmp_path):
+    """DINO (the recipe's 3D crops: globals 0.75-1 of the side) for 5 epochs on 512 3D shape volumes.
+
+    Measured: loss 7.76 -> 7.14 against a constant student at 7.19. With the former 2D-style side
+    fractions (globals 0.6-1) the loss stayed at the constant student (gap <= 0.01 in every variant tried).
+    """
+    overrides = [*resnet10("{widen_factor: 0.25}"), *DINO, *GLOBALS_ONLY, *learning_run(512, 5)]
+    rows = pretrain("dino_resnet18_adrenalmnist3d_3d", tmp_path / "run", *overrides)
+    assert_student_predicts_teacher(rows, 5, fall=0.3, margin=0.02)
+
+
+def test_dino_learns_on_hippocampus(real_data, tmp_path):
+    """DINO (the recipe, batch 16) for 8 epochs on all 260 MSD Hippocampus MRI volumes.
+
+    Measured: loss 7.80 -> 7.42 against a constant student at 7.51.
+    """
+    overrides = [
+        *resnet10("{widen_factor: 0.25}"),
+        *DINO,
+        *GLOBALS_ONLY,
+        *learning_run(260, 8, batch_size=16),
+    ]
+    rows = pretrain("dino_resnet18_hippocampus_3d", tmp_path / "run", *overrides)
+    assert_student_predicts_teacher(rows, 8, fall=0.2, margin=0.03)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from .conftest import SHORT_RUN, assert_short_run, epoch_losses, pretrain
+from .conftest import SHORT_RUN, assert_short_run, epoch_losses, epoch_means, learning_run, pretrain, resnet10
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -30,39 +30,52 @@ def test_recipe_runs_on_real_data(real_data, tmp_path, recipe):
     assert_short_run(pretrain(recipe, run, *SHORT), run)
 
 
-def test_moco_v3_loss_falls_on_pneumoniamnist(real_data, tmp_path):
-    """MoCo v3 for 8 epochs on 512 real chest X-rays: the epoch loss must fall below chance.
+MOCO = ["--model.init_args.hidden_dim", "128", "--model.init_args.lr", "3e-3"]
+QUEUE = ["--model.init_args.queue_size", "256"]  # 2B = 64 keys per step: real keys from the 5th step on
 
-    Chance for in-batch InfoNCE with B = 32 is log(32) = 3.47; measured: 3.49 -> 3.30 (min 3.27).
-    v2's queue loss is no measure of progress in a run this short: with a 256-key queue it rises from
-    4.18 to 5.54 (chance 5.55) as real keys replace the random initial queue, the known MoCo curve.
+
+def test_moco_v2_learns_on_pneumoniamnist(real_data, tmp_path):
+    """MoCo v2 (the recipe's version, queue 256) for 6 epochs on 512 real chest X-rays.
+
+    The queue loss first rises while real keys replace the random initial queue, so the in-batch InfoNCE
+    that v2 logs alongside is the measure; chance is log(B) = log 32 = 3.47 for both view halves.
+    Measured: in-batch 3.33 -> 2.94; queue loss 4.92 -> 5.02 against its chance log(257) = 5.55.
     """
-    run = tmp_path / "run"
-    args = [
-        "--model.init_args.backbone",
-        "resnet10",
-        "--model.init_args.backbone_kwargs",
-        "{small_input: true, widen_factor: 0.25}",
-        "--model.init_args.version",
-        "v3",
-        "--model.init_args.queue_size",
-        "null",
-        "--model.init_args.warmup_epochs",
-        "1",
-        "--model.init_args.lr",
-        "3e-3",
-        "--data.limit",
-        "512",
-        "--data.batch_size",
-        "32",
-        "--data.num_workers",
-        "0",
-        "--trainer.max_epochs",
-        "8",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    epoch_loss = epoch_losses(pretrain("moco_resnet18_pneumoniamnist_2d", run, *args))
-    assert len(epoch_loss) == 8
-    assert epoch_loss[-1] < math.log(32) - 0.08, epoch_loss
-    assert epoch_loss[-1] < epoch_loss[0] - 0.1, epoch_loss
+    overrides = [*resnet10("{small_input: true, widen_factor: 0.25}"), *MOCO, *QUEUE, *learning_run(512, 6)]
+    rows = pretrain("moco_resnet18_pneumoniamnist_2d", tmp_path / "run", *overrides)
+    in_batch, queue = epoch_means(rows, "train/loss_in_batch"), epoch_losses(rows)
+    assert len(in_batch) == 6
+    assert in_batch[-1] < math.log(32) - 0.3, in_batch
+    assert in_batch[-1] < in_batch[0] - 0.2, in_batch
+    assert queue[-1] < math.log(257) - 0.3, queue
+
+
+def test_moco_v2_mochi_learns_on_adrenalmnist3d(real_data, tmp_path):
+    """MoCo v2 + MoCHi (the recipe; queue 256, 64 hard negatives mixed) for 5 epochs on 512 3D shapes.
+
+    MoCHi's synthetic negatives, half made from the query itself, keep the queue loss near its chance
+    log(1 + 256 + 80) = 5.82 in a run this short; the in-batch InfoNCE (chance log 32 = 3.47) is the
+    measure. Measured: 3.45 -> 3.20 (queue loss 5.74 -> 5.75).
+    """
+    mochi = ["--model.init_args.mochi_top_k", "64", "--model.init_args.mochi_mix", "64"]
+    mochi += ["--model.init_args.mochi_query_mix", "16"]
+    overrides = [*resnet10("{widen_factor: 0.25}"), *MOCO, *QUEUE, *mochi, *learning_run(512, 5)]
+    in_batch = epoch_means(
+        pretrain("moco_resnet18_adrenalmnist3d_3d", tmp_path / "run", *overrides), "train/loss_in_batch"
+    )
+    assert len(in_batch) == 5
+    assert in_batch[-1] < math.log(32) - 0.15, in_batch
+    assert in_batch[-1] < in_batch[0] - 0.15, in_batch
+
+
+def test_moco_v3_learns_on_hippocampus(real_data, tmp_path):
+    """MoCo v3 (the recipe) for 8 epochs on all 260 MSD Hippocampus MRI volumes, batch 16 (the recipe's).
+
+    In-batch InfoNCE, chance log(16) = 2.77. Measured: 2.85 -> 2.60. With all three axes flipped and
+    +-20 % intensity plus gamma (the recipe before) it stayed at chance (3.54 -> 3.53 at batch 32).
+    """
+    overrides = [*resnet10("{widen_factor: 0.25}"), *MOCO, *learning_run(260, 8, batch_size=16)]
+    loss = epoch_losses(pretrain("moco_resnet18_hippocampus_3d", tmp_path / "run", *overrides))
+    assert len(loss) == 8
+    assert loss[-1] < math.log(16) - 0.1, loss
+    assert loss[-1] < loss[0] - 0.15, loss
