@@ -15,7 +15,7 @@ mean training loss of the first and the last epoch, and the reference:
 
 Writes ``results/method_learning.json`` and ``.md``; reruns of single recipes update them in place.
 
-    PYTHONPATH=$PWD nice python benchmarks/method_learning.py            # all nine, about an hour on 2 cores
+    PYTHONPATH=$PWD nice python benchmarks/method_learning.py   # all nine, about 20 min on 2 idle cores
     PYTHONPATH=$PWD nice python benchmarks/method_learning.py --only mae_vit_tiny_hippocampus_3d
 """
 
@@ -76,17 +76,17 @@ MAE = [
 ]
 HIPPO_VIT = "img_size: [32, 48, 32], patch_size: [8, 8, 8]"
 
-#: recipe -> overrides (the tests' ones, on more data or for more epochs)
+#: recipe -> overrides: the tests' ones, for about 3x their optimiser steps
 RUNS: dict[str, list[str]] = {
-    "moco_resnet18_pneumoniamnist_2d": [*resnet10(SMALL_STEM), *MOCO, *QUEUE, *data(2048, 10)],
-    "moco_resnet18_adrenalmnist3d_3d": [*resnet10(STEM), *MOCO, *QUEUE, *MOCHI, *data(1300, 10)],
-    "moco_resnet18_hippocampus_3d": [*resnet10(STEM), *MOCO, *data(260, 30, batch_size=16)],
-    "dino_resnet18_pneumoniamnist_2d": [*resnet10(SMALL_STEM), *DINO, *LOCAL_2, *data(2048, 10)],
-    "dino_resnet18_adrenalmnist3d_3d": [*resnet10(STEM), *DINO, *GLOBALS_ONLY, *data(1300, 10)],
-    "dino_resnet18_hippocampus_3d": [*resnet10(STEM), *DINO, *GLOBALS_ONLY, *data(260, 30, batch_size=16)],
-    "mae_vit_tiny_pneumoniamnist_2d": [*vit("img_size: 28, patch_size: 4"), *MAE, *data(2048, 10)],
-    "mae_vit_tiny_adrenalmnist3d_3d": [*vit("img_size: 28, patch_size: 4"), *MAE, *data(1300, 15)],
-    "mae_vit_tiny_hippocampus_3d": [*vit(HIPPO_VIT), *MAE, *data(260, 30, batch_size=16)],
+    "moco_resnet18_pneumoniamnist_2d": [*resnet10(SMALL_STEM), *MOCO, *QUEUE, *data(1024, 8)],
+    "moco_resnet18_adrenalmnist3d_3d": [*resnet10(STEM), *MOCO, *QUEUE, *MOCHI, *data(1024, 8)],
+    "moco_resnet18_hippocampus_3d": [*resnet10(STEM), *MOCO, *data(260, 16, batch_size=16)],
+    "dino_resnet18_pneumoniamnist_2d": [*resnet10(SMALL_STEM), *DINO, *LOCAL_2, *data(1024, 8)],
+    "dino_resnet18_adrenalmnist3d_3d": [*resnet10(STEM), *DINO, *GLOBALS_ONLY, *data(1024, 8)],
+    "dino_resnet18_hippocampus_3d": [*resnet10(STEM), *DINO, *GLOBALS_ONLY, *data(260, 16, batch_size=16)],
+    "mae_vit_tiny_pneumoniamnist_2d": [*vit("img_size: 28, patch_size: 4"), *MAE, *data(1024, 8)],
+    "mae_vit_tiny_adrenalmnist3d_3d": [*vit("img_size: 28, patch_size: 4"), *MAE, *data(1300, 8)],
+    "mae_vit_tiny_hippocampus_3d": [*vit(HIPPO_VIT), *MAE, *data(260, 16, batch_size=16)],
 }
 
 
@@ -173,6 +173,21 @@ def markdown(results: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(out: Path, done: dict[str, dict]) -> None:
+    """``out.json`` and ``out.md`` from the finished runs, in ``RUNS`` order."""
+    threads = os.environ["OMP_NUM_THREADS"]
+    header = (
+        "`python benchmarks/method_learning.py`: every recipe through `medssl pretrain` with its overrides "
+        f"in `RUNS` (tiny ResNet-10 or ViT, seeded subset), {threads} threads, torch {torch.__version__} "
+        "on a shared 2-core machine (wall times are not comparable). start / end: mean training value of the "
+        "measure over the first / last epoch; the reference is the last epoch's."
+    )
+    results = [done[recipe] for recipe in RUNS if recipe in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"header": header, "runs": results}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(results, header))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,19 +202,9 @@ def main() -> None:
         for recipe in args.only or list(RUNS):
             rows, config, seconds = pretrain(recipe, RUNS[recipe], Path(work) / recipe)
             done[recipe] = {**summarise(recipe, rows, config), "seconds": seconds, "overrides": RUNS[recipe]}
+            write(args.out, done)  # after every run: a long benchmark can be stopped and resumed with --only
             r = done[recipe]
             print(f"{recipe}: {r['start']:.3f} -> {r['end']:.3f} (no learning: {r['reference']:.3f})")
-    threads = os.environ["OMP_NUM_THREADS"]
-    header = (
-        "`python benchmarks/method_learning.py`: every recipe through `medssl pretrain` with its overrides "
-        f"in `RUNS` (tiny ResNet-10 or ViT, seeded subset), {threads} threads, torch {torch.__version__} "
-        "on a shared 2-core machine (wall times are not comparable). start / end: mean training value of the "
-        "measure over the first / last epoch; the reference is the last epoch's."
-    )
-    results = [done[recipe] for recipe in RUNS if recipe in done]
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({"header": header, "runs": results}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results, header))
     print(f"wrote {out_json} and {args.out.with_suffix('.md')}")
 
 
