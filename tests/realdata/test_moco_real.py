@@ -73,7 +73,7 @@ def test_moco_v3_learns_on_hippocampus(real_data, tmp_path):
 
     In-batch InfoNCE, chance log(16) = 2.77. Measured: 2.86 -> 2.74 with the augmentations seeded per
     sample and epoch (2.84 -> 2.64 with the stream they drew from before: at 128 steps the margin depends on
-    the draw, so the bound is loose; benchmarks/method_learning.md has the longer run). With
+    the draw, so the bound is loose). With
     all three axes flipped and +-20 % intensity plus gamma (the recipe before) it stayed at chance
     (3.54 -> 3.53 at batch 32).
     """
