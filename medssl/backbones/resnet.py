@@ -49,6 +49,7 @@ class ResNetBackbone(Backbone, ResNet):
         conv1_t_size: int | list[int],
         conv1_t_stride: int | list[int],
         no_max_pool: bool,
+        channels_last: bool = False,
     ) -> None:
         planes = [int(c * widen_factor) for c in get_inplanes()]
         if planes[0] < 1:
@@ -75,9 +76,11 @@ class ResNetBackbone(Backbone, ResNet):
         expansion = 4 if block == "bottleneck" else 1
         self.feature_channels = [planes[0]] + [p * expansion for p in planes]
         self.num_features = self.feature_channels[-1]
+        if channels_last:
+            self.use_channels_last()
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.act(self.bn1(self.conv1(x)))  # (B, C0, *S / conv1_t_stride)
+        x = self.act(self.bn1(self.conv1(self.channels_last_input(x))))  # (B, C0, *S / conv1_t_stride)
         features = [x]
         if not self.no_max_pool:
             x = self.maxpool(x)  # halves the grid
@@ -104,11 +107,13 @@ def _make_builder(name: str, block: str, layers: list[int]) -> Callable[..., Res
         conv1_t_stride: int | Sequence[int] = 2,
         no_max_pool: bool = False,
         small_input: bool = False,
+        channels_last: bool = False,
     ) -> ResNetBackbone:
         """Build the ResNet; ``small_input=True`` means a 3x3 stride-1 stem and no max-pool.
 
         ``small_input`` is for tiny images (e.g. 28 px MedMNIST), where the default stem would shrink the
         grid 4x before layer1. It cannot be combined with a non-default ``conv1_t_size``/``conv1_t_stride``.
+        ``channels_last`` stores weights and activations NHWC/NDHWC (a speed switch, no effect on results).
         """
         if small_input:
             if conv1_t_size != 7 or conv1_t_stride != 2:
@@ -127,6 +132,7 @@ def _make_builder(name: str, block: str, layers: list[int]) -> Callable[..., Res
             conv1_t_size=_as_option(conv1_t_size),
             conv1_t_stride=_as_option(conv1_t_stride),
             no_max_pool=no_max_pool,
+            channels_last=channels_last,
         )
 
     build.__name__ = build.__qualname__ = name

@@ -28,7 +28,13 @@ class UNetBackbone(Backbone, BasicUNet):
     is_encoder_decoder = True
 
     def __init__(
-        self, *, spatial_dims: int, in_channels: int, features: list[int], out_channels: int
+        self,
+        *,
+        spatial_dims: int,
+        in_channels: int,
+        features: list[int],
+        out_channels: int,
+        channels_last: bool = False,
     ) -> None:
         kwargs: dict[str, Any] = {
             "spatial_dims": spatial_dims,
@@ -44,6 +50,8 @@ class UNetBackbone(Backbone, BasicUNet):
         self.feature_channels = features[:5]
         self.num_features = features[4]
         self.decoder_channels = [features[3], features[2], features[1], features[5]]
+        if channels_last:
+            self.use_channels_last()
 
     @property
     def decoder_blocks(self) -> list[nn.Module]:
@@ -51,7 +59,7 @@ class UNetBackbone(Backbone, BasicUNet):
         return [self.upcat_4, self.upcat_3, self.upcat_2, self.upcat_1]
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        x0 = self.conv_0(x)  # (B, f0, *S)
+        x0 = self.conv_0(self.channels_last_input(x))  # (B, f0, *S)
         x1 = self.down_1(x0)  # (B, f1, *S/2)
         x2 = self.down_2(x1)  # (B, f2, *S/4)
         x3 = self.down_3(x2)  # (B, f3, *S/8)
@@ -88,14 +96,20 @@ def unet(
     in_channels: int,
     features: Sequence[int] = (32, 32, 64, 128, 256, 32),
     out_channels: int = 2,
+    channels_last: bool = False,
 ) -> UNetBackbone:
     """Build the U-Net; ``features`` are MONAI's 6 widths (5 encoder levels + last decoder block).
 
     ``out_channels`` only sizes the unused ``final_conv`` (kept for key compatibility with ``BasicUNet``).
+    ``channels_last`` stores weights and activations NHWC/NDHWC (a speed switch, no effect on results).
     """
     widths = [int(f) for f in features]
     if len(widths) != 6 or min(widths) < 1:
         raise ValueError(f"unet: features must be 6 positive ints, got {features!r}")
     return UNetBackbone(
-        spatial_dims=spatial_dims, in_channels=in_channels, features=widths, out_channels=out_channels
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        features=widths,
+        out_channels=out_channels,
+        channels_last=channels_last,
     )

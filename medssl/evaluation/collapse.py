@@ -28,7 +28,10 @@ def effective_rank(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
 
 class CollapseMonitor(pl.Callback):
     """Embeds up to ``max_samples`` validation images with ``pl_module.backbone`` (the first view of each
-    batch) and logs ``val/embedding_std`` and ``val/effective_rank`` once per validation epoch."""
+    batch) and logs ``val/embedding_std`` and ``val/effective_rank`` once per validation epoch.
+
+    Under DDP the embeddings of all ranks are gathered first, so both values describe the whole
+    validation set (every rank embeds the same number of batches: the distributed sampler pads)."""
 
     def __init__(self, max_samples: int = 1024) -> None:
         self.max_samples = max_samples
@@ -60,9 +63,13 @@ class CollapseMonitor(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self._embeddings:
             return
-        embeddings = torch.cat(self._embeddings)[: self.max_samples]  # (N, D)
+        local = torch.cat(self._embeddings)  # (N, D) on this rank
+        gathered = pl_module.all_gather(local)  # (ranks, N, D) under DDP, (N, D) otherwise
+        assert isinstance(gathered, Tensor)
+        embeddings = gathered.reshape(-1, local.shape[-1])[: self.max_samples]
         if len(embeddings) < 2:
             return
-        pl_module.log("val/embedding_std", std_of_l2_normalized(embeddings))
-        pl_module.log("val/effective_rank", effective_rank(embeddings))
+        # the same on every rank after the gather: sync_dist averages equal values (Lightning asks for it)
+        pl_module.log("val/embedding_std", std_of_l2_normalized(embeddings), sync_dist=True)
+        pl_module.log("val/effective_rank", effective_rank(embeddings), sync_dist=True)
         self._embeddings = []

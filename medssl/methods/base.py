@@ -18,6 +18,7 @@ from monai.transforms import Compose
 from torch import Tensor, nn
 
 from medssl.backbones import build_backbone
+from medssl.ops.distributed import seed_rank
 from medssl.optim import skips_decay, warmup_cosine
 from medssl.registry import Registry
 from medssl.reliability.divergence import LossGuard, NanPolicy
@@ -114,6 +115,10 @@ class SSLMethod(pl.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._log_losses("val", self.compute_loss(batch), batch)
 
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:  # before the dataloaders exist: their augmentations differ per rank
+            seed_rank(self.trainer.global_rank)
+
     def on_train_start(self) -> None:
         # A resumed run may train longer than the one that saved the checkpoint: end the cosine there.
         for config in self.trainer.lr_scheduler_configs:
@@ -172,7 +177,7 @@ class SSLMethod(pl.LightningModule):
     def _log_losses(self, stage: str, losses: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
         batch_size = next(v for v in batch.values() if isinstance(v, Tensor)).shape[0]
         on_step = stage == "train"
-        for name, value in losses.items():
+        for name, value in losses.items():  # sync_dist: epoch values are means over all ranks' batches
             key = f"{stage}/loss" if name == "loss" else f"{stage}/loss_{name}"
             self.log(
                 key,
@@ -181,5 +186,5 @@ class SSLMethod(pl.LightningModule):
                 on_epoch=True,
                 prog_bar=name == "loss",
                 batch_size=batch_size,
-                sync_dist=not on_step,
+                sync_dist=True,
             )

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.distributions import teacher_entropies
+from medssl.ops.precision import in_float32
 from medssl.transforms.multicrop import NUM_GLOBAL, multi_crop_transform
 from medssl.transforms.views import ViewAugment
 
@@ -130,7 +131,7 @@ class DINO(SSLMethod):
         if self.num_local:
             local_crops = torch.cat([batch[f"local_{i}"] for i in range(self.num_local)])  # (NB, C, *local)
             student += self._student(local_crops).chunk(self.num_local)  # N x (B, K)
-        return self._loss(list(teacher), student)
+        return in_float32(self._loss, list(teacher), student)
 
     def _student(self, crops: Tensor) -> Tensor:
         return self.projection_head(self.backbone(crops))  # (n B, K)

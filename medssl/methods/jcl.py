@@ -33,6 +33,7 @@ from torch import Tensor
 from medssl.backbones.unet import UNetBackbone
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.contrastive import multi_positive_info_nce, position_positives
+from medssl.ops.precision import in_float32
 from medssl.transforms.aligned import aligned_pair_transform
 from medssl.transforms.views import ViewAugment, per_axis
 
@@ -121,13 +122,12 @@ class JCL(SSLMethod):
         if self.weights["image"]:
             z_small = self.image_head_small(_global_pool(decoded))  # (B, P)
             z_full = self.image_head_full(_global_pool(bottleneck))  # (B, P)
-            terms["image"] = multi_positive_info_nce(z_small, z_full, positives, self.temperature)
+            terms["image"] = in_float32(multi_positive_info_nce, z_small, z_full, positives, self.temperature)
         if self.weights["pixel"]:
             p_small, p_full = self._pixel_projections(decoded, bottleneck)  # (L, B, P) each
-            terms["pixel"] = multi_positive_info_nce(p_small, p_full, positives, self.temperature)
+            terms["pixel"] = in_float32(multi_positive_info_nce, p_small, p_full, positives, self.temperature)
         if self.weights["feature"]:
-            target = F.interpolate(bottleneck, size=small_features[-1].shape[2:], mode="area")
-            terms["feature"] = F.l1_loss(small_features[-1], target)
+            terms["feature"] = in_float32(_scale_equivariance, small_features[-1], bottleneck)
         terms["loss"] = torch.stack([self.weights[name] * value for name, value in terms.items()]).sum()
         return terms
 
@@ -139,6 +139,11 @@ class JCL(SSLMethod):
             keep = torch.randperm(small.shape[0], device=small.device)[: self.pixel_locations]
             small, full = small[keep], full[keep]
         return small, full
+
+
+def _scale_equivariance(small: Tensor, full: Tensor) -> Tensor:
+    """L1 between the small view's bottleneck and the full view's bottleneck downsampled to its grid."""
+    return F.l1_loss(small, F.interpolate(full, size=small.shape[2:], mode="area"))
 
 
 def _global_pool(x: Tensor) -> Tensor:

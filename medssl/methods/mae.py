@@ -19,6 +19,7 @@ from medssl.backbones.vit import ViTBackbone
 from medssl.evaluation.reconstruction import ReconstructionFigure
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.patches import num_visible, patchify, random_masking, unpatchify
+from medssl.ops.precision import in_float32
 from medssl.transforms.views import ViewAugment, multi_view_transform
 
 
@@ -119,8 +120,8 @@ class MAE(SSLMethod):
         weights = mask if self.mask_ratio > 0 else torch.ones_like(mask)
         flat = flat_patches(target, mask, self.norm_pix_loss)
         return {
-            "loss": masked_patch_mse(pred, target, weights, self.norm_pix_loss),
-            "flat_patches": masked_patch_mse(flat, target, weights, self.norm_pix_loss),
+            "loss": in_float32(masked_patch_mse, pred, target, weights, self.norm_pix_loss),
+            "flat_patches": in_float32(masked_patch_mse, flat, target, weights, self.norm_pix_loss),
         }
 
     def predict_patches(
@@ -139,9 +140,7 @@ class MAE(SSLMethod):
         """Embed all patches (conv + position embeddings), keep ``ids_keep``, run the blocks on those only."""
         vit = cast(ViTBackbone, self.backbone)
         tokens = get_at_index(vit.patch_embedding(images), ids_keep)  # (B, L_keep, D)
-        for block in vit.blocks:
-            tokens = block(tokens)  # (B, L_keep, D)
-        return vit.norm(tokens)
+        return vit.norm(vit.run_blocks(tokens)[-1])  # (B, L_keep, D)
 
     def decode(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
         """Visible latents + mask tokens, back in patch order, to pixels ``(B, L, prod(patch) * C)``."""

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.mochi import in_batch_infonce, mochi_negatives, moco_logits
+from medssl.ops.precision import in_float32
 from medssl.transforms.views import ViewAugment, multi_view_transform
 
 
@@ -113,9 +114,12 @@ class MoCo(SSLMethod):
             q = self.prediction_head(q)
         k = self._keys(views).roll(len(views) // 2, dims=0)  # (2B, D): the other view's key
         if self.criterion is None:
-            return {"loss": in_batch_infonce(q, k, self.temperature)}
-        loss = self._mochi_loss(q, k, self.criterion) if self.mochi else self.criterion(q, k)
-        return {"loss": loss, "in_batch": in_batch_infonce(q.detach(), k, self.temperature)}
+            return {"loss": in_float32(in_batch_infonce, q, k, self.temperature)}
+        if self.mochi:
+            loss = in_float32(self._mochi_loss, q, k, self.criterion)
+        else:
+            loss = in_float32(self.criterion, q, k)
+        return {"loss": loss, "in_batch": in_float32(in_batch_infonce, q.detach(), k, self.temperature)}
 
     @torch.no_grad()
     def _keys(self, views: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from monai.transforms import Compose
 from torch import Tensor
 
 from medssl.methods.base import METHODS, SSLMethod
+from medssl.ops.precision import in_float32
 from medssl.transforms.views import ViewAugment, multi_view_transform
 
 
@@ -49,4 +50,4 @@ class SimCLR(SSLMethod):
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         views = torch.cat([batch["view_0"], batch["view_1"]])  # (2B, C, *spatial): one forward pass
         z0, z1 = self.projection_head(self.backbone(views)).chunk(2)  # (B, projection_dim) each
-        return {"loss": self.criterion(z0, z1)}
+        return {"loss": in_float32(self.criterion, z0, z1)}
