@@ -2,13 +2,14 @@
 
 Under torchrun (``python -m torch.distributed.run --nproc_per_node 2 ddp_run.py OUT CASE ...``) each rank
 trains on its half of every global batch with Lightning's ``ddp`` strategy (gloo, CPU) and rank 0 saves what
-it saw to ``OUT/<case>.pt``; the test imports this file and runs the one-process reference with whole
-batches. Views are made once, seeded, so both sides train on the same tensors.
+it saw to ``OUT/ddp.pt``; the test imports this file and runs the one-process reference with whole batches.
+Views are made once, seeded, so both sides train on the same tensors.
 
 BatchNorm layers run in eval mode (fixed running statistics, every sample normalised on its own): CPU
-cannot run ``SyncBatchNorm`` (torch raises on CPU tensors), and without it per-rank batch statistics
-differ from whole-batch ones by design. Everything else (gathered negatives, the queue, the DINO centre,
-DDP's gradient averaging, EMA, the schedule, logged metrics) is compared exactly.
+cannot run ``SyncBatchNorm`` (DDP refuses it: "SyncBatchNorm layers only work with GPU modules"), and
+without it per-rank batch statistics differ from whole-batch ones by design. Everything else (gathered
+negatives, the queue, the DINO centre, DDP's gradient averaging, EMA, the schedule, logged metrics) is
+compared exactly.
 """
 
 from __future__ import annotations
