@@ -60,9 +60,11 @@ class SSLMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for key, value in list(self.hparams.items()):  # plain containers: checkpoints load with weights_only
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                self.hparams[key] = dataclasses.asdict(value)
+        # plain containers: checkpoints load with weights_only, loggers can write them (hparams_initial)
+        for hparams in (self.hparams, vars(self)["_hparams_initial"]):
+            for key, value in list(hparams.items()):
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    hparams[key] = dataclasses.asdict(value)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.backbone = build_backbone(

@@ -1,0 +1,109 @@
+"""bf16-mixed vs fp32 training throughput on this CPU, for medssl (Lightning precision) and plain PyTorch.
+
+Workloads (``workloads.py``): SimCLR ResNet-18 2D (64 px, batch 64) with the default (NCHW) layout and with
+``channels_last``, and MAE ViT-Tiny 2D. For each, four variants alternate round by round in one process:
+medssl ``32-true`` / ``bf16-mixed`` through the Lightning Trainer, and the plain PyTorch loop without /
+with ``torch.autocast(bfloat16)``. The ratio judged is the medssl speed-up, median fp32 step / median bf16
+step (target >= 1.8); the plain speed-up is measured alongside.
+
+    python benchmarks/mixed_precision.py            # ~10 min on 2 quiet cores
+    python benchmarks/mixed_precision.py --quick    # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import workloads
+from bench_utils import environment, interleave, load_line, summary, write_results
+
+TARGET = 1.8
+CASES = {  # case -> (workload, channels_last)
+    "simclr_resnet18": ("simclr_resnet18", False),
+    "simclr_resnet18_channels_last": ("simclr_resnet18", True),
+    "mae_vit_tiny": ("mae_vit_tiny", False),
+}
+
+
+def run(rounds: int, steps: int, threads: int, root: Path, warmup_rounds: int = 1) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    result: dict[str, Any] = {"environment": environment(threads), "target_speedup": TARGET}
+    result |= {"rounds": rounds, "steps": steps}
+    for case, (name, channels_last) in CASES.items():
+        method = workloads.medssl_method(name, channels_last=channels_last)
+        plain = workloads.plain_model(name, method, channels_last=channels_last)
+        batch = workloads.fixed_batch(name)
+        runners = {
+            f"medssl_{precision}": workloads.lightning_runner(
+                method, batch, steps, precision, root / case, False
+            )
+            for precision in ("32-true", "bf16-mixed")
+        }
+        runners |= {
+            f"plain_{p}": workloads.plain_runner(plain, batch, steps, p == "bf16") for p in ("fp32", "bf16")
+        }
+        stats = summary(interleave(runners, rounds, warmup_rounds))
+        median = {variant: s["median"] for variant, s in stats.items()}
+        result[case] = {
+            "title": workloads.title(name) + (", channels-last" if channels_last else ""),
+            "stats": stats,
+            "speedup_medssl": median["medssl_32-true"] / median["medssl_bf16-mixed"],
+            "speedup_plain": median["plain_fp32"] / median["plain_bf16"],
+        }
+    result["environment"]["load_average_after"] = list(os.getloadavg())
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        "# bf16-mixed vs fp32 on this CPU",
+        "",
+        f"Training step (forward, backward, AdamW, schedule) on a ready-made batch, {env['threads']} "
+        f"threads, median over {result['rounds']} rounds of {result['steps']} steps (first step of each "
+        "chunk not timed), "
+        f"variants alternating in one process. {env['cpu']}, torch {env['torch']}. "
+        f"{load_line(env, env['load_average_after'])}.",
+        "",
+        "| workload | medssl fp32 (s) | medssl bf16 (s) | **medssl speed-up** | plain fp32 (s) "
+        "| plain bf16 (s) | plain speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        r = result[case]
+        m = {variant: s["median"] for variant, s in r["stats"].items()}
+        lines.append(
+            f"| {r['title']} | {m['medssl_32-true']:.3f} | {m['medssl_bf16-mixed']:.3f} "
+            f"| **{r['speedup_medssl']:.2f}x** | {m['plain_fp32']:.3f} | {m['plain_bf16']:.3f} "
+            f"| {r['speedup_plain']:.2f}x |"
+        )
+    lines += ["", f"Target: medssl bf16-mixed >= {result['target_speedup']}x the fp32 throughput.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6, help="batches per chunk (the first is not timed)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and 1 round: checks the script runs")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    if args.quick:
+        workloads.shrink_for_smoke_test()
+        args.rounds, args.steps = 1, 3
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args.rounds, args.steps, args.threads, Path(tmp), 0 if args.quick else 1)
+    for case in CASES:
+        r = result[case]
+        print(f"{case}: bf16 speed-up medssl {r['speedup_medssl']:.2f}x, plain {r['speedup_plain']:.2f}x")
+    write_results("mixed_precision", result, markdown(result), *([args.out] if args.out else []))
+
+
+if __name__ == "__main__":
+    main()
