@@ -2,8 +2,8 @@
 
 A "step" is timed from the start of one training batch to the start of the next, so it holds everything a
 training loop does per batch (fetching the batch, forward, backward, optimiser and scheduler step, hooks,
-logging). Sides being compared run round-robin in one process (``interleave``), so a change of machine load
-hits all of them; the figure reported is the median over rounds.
+logging). Sides being compared alternate in one process (``workloads.Interleave``), so a change of machine
+load hits all of them; the figure reported is the median.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,22 +81,6 @@ class StepTimer(pl.Callback):
 def step_times(starts: list[float], skip: int = 1) -> list[float]:
     """Intervals between batch starts, without the first ``skip`` (warm-up: optimiser state, caches)."""
     return [b - a for a, b in itertools.pairwise(starts)][skip:]
-
-
-def interleave(
-    runners: dict[str, Callable[[], list[float]]], rounds: int, warmup_rounds: int = 1
-) -> dict[str, list[float]]:
-    """Call every runner once per round, in turn; each returns its step times; all times per runner.
-
-    The first ``warmup_rounds`` are not kept (oneDNN primitive caches, allocator growth, page faults).
-    """
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for i in range(warmup_rounds + rounds):
-        for name, run in runners.items():
-            step = run()
-            if i >= warmup_rounds:
-                times[name] += step
-    return times
 
 
 def summary(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:

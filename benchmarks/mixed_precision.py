@@ -1,10 +1,11 @@
 """bf16-mixed vs fp32 training throughput on this CPU, for medssl (Lightning precision) and plain PyTorch.
 
 Workloads (``workloads.py``): SimCLR ResNet-18 2D (64 px, batch 64) with the default (NCHW) layout and with
-``channels_last``, and MAE ViT-Tiny 2D. For each, four variants alternate round by round in one process:
-medssl ``32-true`` / ``bf16-mixed`` through the Lightning Trainer, and the plain PyTorch loop without /
-with ``torch.autocast(bfloat16)``. The ratio judged is the medssl speed-up, median fp32 step / median bf16
-step (target >= 1.8); the plain speed-up is measured alongside.
+``channels_last``, and MAE ViT-Tiny 2D. For each, four variants in one process: medssl ``32-true`` and
+``bf16-mixed`` through the Lightning Trainer (fits of ``--steps`` steps, alternating for ``--rounds``
+rounds after a warm-up round), and the plain PyTorch loop without / with ``torch.autocast(bfloat16)``, one
+step of each interleaved before every medssl step (``workloads.Interleave``). The ratio judged is the
+medssl speed-up, median fp32 step / median bf16 step (target >= 1.8); the plain speed-up alongside.
 
     python benchmarks/mixed_precision.py            # ~10 min on 2 quiet cores
     python benchmarks/mixed_precision.py --quick    # smoke test
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 import workloads
-from bench_utils import environment, interleave, load_line, summary, write_results
+from bench_utils import environment, load_line, summary, write_results
 
 TARGET = 1.8
 CASES = {  # case -> (workload, channels_last)
@@ -34,23 +35,27 @@ def run(rounds: int, steps: int, threads: int, root: Path, warmup_rounds: int = 
     torch.set_num_threads(threads)
     result: dict[str, Any] = {"environment": environment(threads), "target_speedup": TARGET}
     result |= {"rounds": rounds, "steps": steps}
+    total = (warmup_rounds + rounds) * 2 * steps
     for case, (name, channels_last) in CASES.items():
         method = workloads.medssl_method(name, channels_last=channels_last)
         plain = workloads.plain_model(name, method, channels_last=channels_last)
         batch = workloads.fixed_batch(name)
-        runners = {
-            f"medssl_{precision}": workloads.lightning_runner(
-                method, batch, steps, precision, root / case, False
-            )
-            for precision in ("32-true", "bf16-mixed")
+        steppers = {
+            f"plain_{p}": workloads.plain_stepper(plain, batch, total, p == "bf16") for p in ("fp32", "bf16")
         }
-        runners |= {
-            f"plain_{p}": workloads.plain_runner(plain, batch, steps, p == "bf16") for p in ("fp32", "bf16")
-        }
-        stats = summary(interleave(runners, rounds, warmup_rounds))
+        times: dict[str, list[float]] = {k: [] for k in ("medssl_32-true", "medssl_bf16-mixed", *steppers)}
+        for i in range(warmup_rounds + rounds):
+            for precision in ("32-true", "bf16-mixed"):  # medssl fits alternate; plain steps run in both
+                fit = workloads.interleaved_fit(method, batch, steps, precision, root / case, False, steppers)
+                if i >= warmup_rounds:
+                    times[f"medssl_{precision}"] += fit["medssl"]
+                    for key in steppers:
+                        times[key] += fit[key]
+        stats = summary(times)
         median = {variant: s["median"] for variant, s in stats.items()}
         result[case] = {
             "title": workloads.title(name) + (", channels-last" if channels_last else ""),
+            "seconds": times,
             "stats": stats,
             "speedup_medssl": median["medssl_32-true"] / median["medssl_bf16-mixed"],
             "speedup_plain": median["plain_fp32"] / median["plain_bf16"],
@@ -65,9 +70,9 @@ def markdown(result: dict[str, Any]) -> str:
         "# bf16-mixed vs fp32 on this CPU",
         "",
         f"Training step (forward, backward, AdamW, schedule) on a ready-made batch, {env['threads']} "
-        f"threads, median over {result['rounds']} rounds of {result['steps']} steps (first step of each "
-        "chunk not timed), "
-        f"variants alternating in one process. {env['cpu']}, torch {env['torch']}. "
+        f"threads; medssl fp32 and bf16 fits of {result['steps']} steps alternate for {result['rounds']} "
+        "rounds after a warm-up round (first step of each fit not timed), one step of each plain variant "
+        "runs before every medssl step; medians. {env['cpu']}, torch {env['torch']}. "
         f"{load_line(env, env['load_average_after'])}.",
         "",
         "| workload | medssl fp32 (s) | medssl bf16 (s) | **medssl speed-up** | plain fp32 (s) "

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
-from bench_utils import StepTimer, quiet_trainer, repeat_loader, step_times
+from bench_utils import quiet_trainer, repeat_loader
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.utils.scheduler import CosineWarmupScheduler
@@ -154,57 +155,73 @@ def _optimizer(model: nn.Module, steps: int) -> tuple[torch.optim.Optimizer, Cos
     return optimizer, CosineWarmupScheduler(optimizer, warmup_epochs=1, max_epochs=steps, end_value=0.01)
 
 
-def plain_runner(
-    model: nn.Module, batch: dict[str, Tensor], steps: int, bf16: bool
-) -> Callable[[], list[float]]:
-    """A hand-written loop over ``steps`` batches; returns the times between batch starts."""
-    loader = repeat_loader(batch, steps)
+def plain_stepper(
+    model: nn.Module, batch: dict[str, Tensor], total_steps: int, bf16: bool
+) -> Callable[[], None]:
+    """One hand-written training step per call (AdamW + per-step schedule, kept across calls)."""
+    optimizer, schedule = _optimizer(model, total_steps)
 
-    def run() -> list[float]:
+    def step() -> None:
         model.train()
-        optimizer, schedule = _optimizer(model, steps)
-        starts = []
-        for views in loader:
-            starts.append(time.perf_counter())
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model.loss(views)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        starts.append(time.perf_counter())
-        return step_times(starts)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
 
-    return run
+    return step
 
 
-def lightning_runner(
+class Interleave(pl.Callback):
+    """At the start of every medssl batch, one step of each plain loop, timed on its own.
+
+    The medssl step ``k`` is the time from the start of batch ``k`` to the start of batch ``k + 1`` minus the
+    plain steps run in between, so it holds all Lightning does per batch (fetch, hooks, logging, optimiser,
+    scheduler) and the two sides alternate step by step: a change of machine load hits both.
+    """
+
+    def __init__(self, plain: dict[str, Callable[[], None]]) -> None:
+        self.plain = plain
+        self.starts: list[float] = []
+        self.times: dict[str, list[float]] = {name: [] for name in plain}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        for name, step in self.plain.items():
+            start = time.perf_counter()
+            step()
+            self.times[name].append(time.perf_counter() - start)
+        self.starts.append(time.perf_counter())
+
+    def step_times(self, skip: int) -> dict[str, list[float]]:
+        plain_between = [sum(t[k] for t in self.times.values()) for k in range(1, len(self.starts))]
+        medssl = [b - a - p for a, b, p in zip(self.starts, self.starts[1:], plain_between, strict=False)]
+        return {"medssl": medssl[skip:]} | {name: t[1 + skip :] for name, t in self.times.items()}
+
+
+def interleaved_fit(
     method: SSLMethod,
     batch: dict[str, Tensor],
     steps: int,
     precision: str,
     root: Path,
     like_recipe: bool,
-) -> Callable[[], list[float]]:
-    """``Trainer.fit`` for ``steps`` batches; the times between batch starts.
+    plain: dict[str, Callable[[], None]],
+    skip: int = 1,
+) -> dict[str, list[float]]:
+    """``Trainer.fit`` for ``steps`` batches with the ``plain`` steps interleaved; step times per side.
 
     ``like_recipe``: what a run of ``recipes/base/pretrain.yaml`` does at every step (CSV + TensorBoard
     loggers every 10 steps, the learning-rate monitor, the progress bar); checkpointing and the weights
     export happen at the end of a run, outside the timed steps, and are left out.
     """
-    loader = repeat_loader(batch, steps)
-
-    def run() -> list[float]:
-        timer = StepTimer()
-        options: dict[str, Any] = {"max_steps": steps, "precision": precision, "callbacks": [timer]}
-        if like_recipe:
-            options["callbacks"].append(LearningRateMonitor(logging_interval="step"))
-            options |= {"logger": default_loggers(root), "log_every_n_steps": 10, "enable_progress_bar": True}
-        quiet_trainer(root, **options).fit(method, loader)
-        timer.starts.append(time.perf_counter())  # fit returns right after the last step
-        return step_times(timer.starts)
-
-    return run
+    interleave = Interleave(plain)
+    options: dict[str, Any] = {"max_steps": steps, "precision": precision, "callbacks": [interleave]}
+    if like_recipe:
+        options["callbacks"].append(LearningRateMonitor(logging_interval="step"))
+        options |= {"logger": default_loggers(root), "log_every_n_steps": 10, "enable_progress_bar": True}
+    quiet_trainer(root, **options).fit(method, repeat_loader(batch, steps))
+    return interleave.step_times(skip)
 
 
 def check_same_loss(workload: str, method: SSLMethod, plain: nn.Module) -> dict[str, float]:

@@ -26,6 +26,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from lightly.models.modules import SimCLRProjectionHead
+from lightly.utils import dist
 from monai.networks.layers import Conv
 from monai.transforms import Compose
 from torch import Tensor
@@ -137,6 +138,8 @@ class JCL(SSLMethod):
         full = self.pixel_head_full(bottleneck).flatten(2).permute(2, 0, 1)  # (L, B, P)
         if self.pixel_locations is not None and self.pixel_locations < small.shape[0]:
             keep = torch.randperm(small.shape[0], device=small.device)[: self.pixel_locations]
+            if dist.world_size() > 1:  # the same locations on every rank: negatives are gathered per location
+                torch.distributed.broadcast(keep, src=0)
             small, full = small[keep], full[keep]
         return small, full
 

@@ -26,6 +26,7 @@ ddp_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ddp_run)
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+APPROX = {"rel": 1e-5, "abs": 1e-5}
 QUEUE = "criterion.memory_bank.bank"
 
 
@@ -50,21 +51,24 @@ def _rows_sorted(queue: torch.Tensor) -> torch.Tensor:
 def test_two_ranks_equal_one_process_with_the_whole_batch(ddp, case, tmp_path):
     single, two = ddp_run.train(case, 1, tmp_path), ddp[case]
     assert len(single["losses"]) == len(two["losses"]) == ddp_run.STEPS
-    assert two["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    assert two["losses"] == pytest.approx(single["losses"], **APPROX)
     for step, (grads_1, grads_2) in enumerate(zip(single["grads"], two["grads"], strict=True)):
         assert grads_1.keys() == grads_2.keys(), step
         for name in grads_1:
-            torch.testing.assert_close(grads_2[name], grads_1[name], **TOLERANCE, msg=f"step {step}: {name}")
+            where = f"step {step}: {name}"
+            torch.testing.assert_close(
+                grads_2[name], grads_1[name], **TOLERANCE, msg=lambda m, w=where: f"{w}: {m}"
+            )
     assert single["state"].keys() == two["state"].keys()
     for name, value in single["state"].items():
         other = two["state"][name]
         if name == QUEUE:
             value, other = _rows_sorted(value), _rows_sorted(other)
-        torch.testing.assert_close(other, value, **TOLERANCE, msg=name)
+        torch.testing.assert_close(other, value, **TOLERANCE, msg=lambda m, n=name: f"{n}: {m}")
     logged = {"train/loss_epoch", "val/loss", "val/embedding_std", "val/effective_rank"}
     assert logged <= single["metrics"].keys()
     for key in logged:  # reduced over the ranks, not rank 0's share
-        assert two["metrics"][key] == pytest.approx(single["metrics"][key], abs=1e-5), key
+        assert two["metrics"][key] == pytest.approx(single["metrics"][key], **APPROX), key
 
 
 @pytest.mark.parametrize("workers", [0, 1])
