@@ -9,7 +9,8 @@ step) and killed with SIGKILL:
 - ``random`` kills: when the run has logged one of ``--kills`` steps drawn at random over the run, after a
   further random 0-0.5 s, so the kill lands anywhere in a step (forward, backward, a checkpoint write, data
   loading);
-- one ``in_save`` kill: the process kills itself halfway through writing ``last.ckpt``.
+- one ``in_save`` kill: the process kills itself halfway through writing ``last.ckpt`` over a complete one
+  (its second save when it starts with none).
 
 Each time the run is restarted with ``--ckpt_path auto`` until it completes. Checked per kill: the
 ``last.ckpt`` left behind loads with ``weights_only=True``; the restarted run continues at the checkpoint's
@@ -164,7 +165,15 @@ def _launch(args: argparse.Namespace, run_dir: Path, log: Path, kill_in_save: in
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--source", str(args.source)]
     command += ["--run-dir", str(run_dir), "--overlay", str(args.overlay), "--log", str(log)]
     command += ["--epochs", str(args.epochs), "--kill-in-save", str(kill_in_save)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
 
 
 def _wait_for_step(process: subprocess.Popen, log: Path, step: int, timeout: float) -> bool:
@@ -194,7 +203,8 @@ def inject(args: argparse.Namespace, reference: dict[int, float], planned: int) 
         log = args.work / f"segment_{segment}.log"
         before = checkpoint_step(run_dir) or 0
         if kind == "in_save":
-            process = _launch(args, run_dir, log, kill_in_save=1)
+            # die in a save that has a complete last.ckpt to replace: the one that must survive the kill
+            process = _launch(args, run_dir, log, kill_in_save=1 if before else 2)
             process.wait(timeout=args.timeout)
         else:
             target = next((t for t in targets if t > before), before + 1)

@@ -52,7 +52,16 @@ def test_script_builds_a_command_that_resolves(script, expected, tmp_path):
         "RUN_DIR": str(run),
     }
     args = ["bash", str(LAUNCH / script), str(RECIPE), "--trainer.max_epochs", "3", "--print_config"]
-    proc = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        args,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = yaml.safe_load(proc.stdout)
     trainer = config["trainer"]

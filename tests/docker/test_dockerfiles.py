@@ -57,6 +57,8 @@ def test_hadolint_finds_nothing(name: str) -> None:
         [binary, "--no-color", "--failure-threshold", "style", str(DOCKERFILES[name])],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr

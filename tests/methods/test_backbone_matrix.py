@@ -1,4 +1,4 @@
-"""The README's methods x backbones x 2D/3D table: every pairing it lists trains one step; the others refuse."""
+"""The README's methods x backbones x 2D/3D table: each pairing it lists trains a step; others refuse."""
 
 import pytest
 import torch

@@ -37,7 +37,9 @@ def ddp(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += [str(HERE / "ddp_run.py"), str(out), *ddp_run.CASES]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        command, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return torch.load(out / "ddp.pt", weights_only=True)
 
