@@ -14,6 +14,7 @@ from lightly.models.utils import get_at_index
 from monai.networks.layers import trunc_normal_
 from monai.transforms import Compose
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from medssl.backbones.vit import ViTBackbone
 from medssl.evaluation.reconstruction import ReconstructionFigure
@@ -149,7 +150,13 @@ class MAE(SSLMethod):
         tokens = (
             get_at_index(torch.cat([tokens, fill], dim=1), ids_restore) + self.decoder_pos_embed
         )  # (B, L, Dd)
-        return self.decoder_pred(self.decoder_norm(self.decoder_blocks(tokens)))
+        vit = cast(ViTBackbone, self.backbone)
+        if vit.grad_checkpointing and self.training and torch.is_grad_enabled():  # decoder: every patch
+            for block in self.decoder_blocks:
+                tokens = checkpoint(block, tokens, use_reentrant=False)
+        else:
+            tokens = self.decoder_blocks(tokens)
+        return self.decoder_pred(self.decoder_norm(tokens))
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:

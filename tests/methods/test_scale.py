@@ -123,14 +123,15 @@ def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(dims):
             decoder_heads=2,
         )
         calls: list[int] = []
-        method.backbone.blocks[0].register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
+        for block in (method.backbone.blocks[0], method.decoder_blocks[0]):  # encoder and decoder
+            block.register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
         torch.manual_seed(1)  # the same mask
         loss = method.compute_loss({"view_0": torch.rand(2, 1, *IMAGE[dims])})["loss"]
         loss.backward()
         grads = {n: p.grad for n, p in method.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads, len(calls)))
     (loss_plain, grads_plain, calls_plain), (loss_ckpt, grads_ckpt, calls_ckpt) = results
-    assert (calls_plain, calls_ckpt) == (1, 2)  # forward, then once more in the backward pass
+    assert (calls_plain, calls_ckpt) == (2, 4)  # forward, then once more in the backward pass
     torch.testing.assert_close(loss_ckpt, loss_plain)
     assert grads_plain.keys() == grads_ckpt.keys()
     for name, grad in grads_plain.items():
