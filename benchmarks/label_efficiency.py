@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -149,14 +150,13 @@ def compare(dataset: Dataset, backbone: str, runs: dict[str, Path], args: argpar
                 "--trainer.val_check_interval", str(dataset.val_every),
                 "--trainer.enable_progress_bar", "false",
                 *_backbone_args(dataset, backbone, "--model.backbone_kwargs"),
+                *shlex.split(args.finetune_args),
             ]
         )
     )  # fmt: skip
     trials = json.loads((out / "compare.json").read_text())["trials"]
-    for trial in trials:  # scratch is per backbone family: say which
+    for trial in trials:  # scratch is per backbone family: tables and plots are too
         trial["backbone"] = backbone
-        if trial["init"] == "scratch":
-            trial["init"] = f"scratch ({backbone})"
     return trials
 
 
@@ -199,25 +199,30 @@ def write_report(
         "pretraining": pretraining,
         "finetune_steps": args.finetune_steps or dataset.finetune_steps,
         "cpu_backbones": dataset.cpu_backbones,
+        "finetune_args": args.finetune_args,
         "seeds": args.seeds,
         "label_fractions": args.fractions,
         "trials": trials,
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    title = f"{dataset.name}: SSL-pretrained vs scratch"
     budget = ", ".join(f"{m} {s['steps']} steps / {s['minutes']} min" for m, s in pretraining.items())
     steps = args.finetune_steps or dataset.finetune_steps
     lines = [
-        report.markdown(trials, metric, title),
-        f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps.",
+        f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps {args.finetune_args}.",
         *(f"`{name}`: `backbone_kwargs: {kw}` (CPU budget)." for name, kw in dataset.cpu_backbones.items()),
         "",
     ]
-    if any(t["mode"] == "frozen" for t in trials):
-        knn = [t for t in trials if t["mode"] == "frozen"]
-        lines.append(report.markdown(knn, "test/knn_auroc", "kNN on frozen features").split("\n", 2)[2])
+    families = list(dict.fromkeys(t["backbone"] for t in trials))
+    for backbone in families:  # one table and plot per backbone family: its own scratch baseline
+        group = [t for t in trials if t["backbone"] == backbone]
+        title = f"{dataset.name}, {backbone}: SSL-pretrained vs scratch"
+        lines.append(report.markdown(group, metric, title))
+        if any(t["mode"] == "frozen" for t in group):
+            knn = [t for t in group if t["mode"] == "frozen"]
+            lines.append(report.markdown(knn, "test/knn_auroc", "kNN on frozen features").split("\n", 2)[2])
+        png = out.with_suffix(".png") if len(families) == 1 else out.parent / f"{out.name}_{backbone}.png"
+        report.plot(group, metric, png, title)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    report.plot(trials, metric, out.with_suffix(".png"), title)
     print("\n".join(lines))
     print(f"written: {out}.json / .md / .png")
 
@@ -231,6 +236,9 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["finetune", "frozen"])
     parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the dataset's own")
     parser.add_argument("--finetune-steps", type=int, default=None, help="default: the dataset's own")
+    parser.add_argument(
+        "--finetune-args", default="", help='more options for every fine-tune, e.g. "--data.num_workers 0"'
+    )
     parser.add_argument("--work", type=Path, default=None, help="default: runs/label_efficiency/<dataset>")
     args = parser.parse_args(argv)
     dataset = DATASETS[args.dataset]
