@@ -208,7 +208,8 @@ def write_report(
     budget = ", ".join(f"{m} {s['steps']} steps / {s['minutes']} min" for m, s in pretraining.items())
     steps = args.finetune_steps or dataset.finetune_steps
     lines = [
-        f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps {args.finetune_args}.",
+        f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps"
+        + (f" with `{args.finetune_args}`." if args.finetune_args else "."),
         *(f"`{name}`: `backbone_kwargs: {kw}` (CPU budget)." for name, kw in dataset.cpu_backbones.items()),
         "",
     ]

@@ -30,6 +30,7 @@ ELSEWHERE = {  # command prefix -> why it does not run here and what covers it i
     "examples/launch/single_gpu.sh": "needs a GPU: tests/commands/test_launch_scripts.py resolves it",
     "GPUS=": "needs GPUs: tests/commands/test_launch_scripts.py resolves the torchrun command",
     "sbatch ": "needs SLURM: tests/commands/test_launch_scripts.py resolves the job's command and resume",
+    "python benchmarks/label_efficiency.py": "hours of CPU: chains medssl pretrain and compare, run above",
 }
 TRAIN = [
     "--trainer.max_steps",
