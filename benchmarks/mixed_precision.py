@@ -72,7 +72,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Training step (forward, backward, AdamW, schedule) on a ready-made batch, {env['threads']} "
         f"threads; medssl fp32 and bf16 fits of {result['steps']} steps alternate for {result['rounds']} "
         "rounds after a warm-up round (first step of each fit not timed), one step of each plain variant "
-        "runs before every medssl step; medians. {env['cpu']}, torch {env['torch']}. "
+        f"runs before every medssl step; medians. {env['cpu']}, torch {env['torch']}. "
         f"{load_line(env, env['load_average_after'])}.",
         "",
         "| workload | medssl fp32 (s) | medssl bf16 (s) | **medssl speed-up** | plain fp32 (s) "
