@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from monai.networks.nets import ViT
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from medssl.backbones.base import Backbone
@@ -33,6 +33,17 @@ def _per_axis(name: str, key: str, value: int | Sequence[int], spatial_dims: int
             f"{name}: {key} must be a positive int or {spatial_dims} positive ints, got {value!r}"
         )
     return sizes
+
+
+def run_blocks(blocks: Iterable[nn.Module], tokens: Tensor, recompute: bool = False) -> list[Tensor]:
+    """Each block's output in turn; with ``recompute`` (and autograd on) only block inputs are kept and the
+    blocks run again in the backward pass (``torch.utils.checkpoint``)."""
+    recompute = recompute and torch.is_grad_enabled()
+    hidden = []
+    for block in blocks:
+        tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
+        hidden.append(tokens)
+    return hidden
 
 
 class ViTBackbone(Backbone, ViT):
@@ -110,12 +121,7 @@ class ViTBackbone(Backbone, ViT):
 
     def run_blocks(self, tokens: Tensor) -> list[Tensor]:
         """Every transformer block's output tokens ``(B, L, D)``, checkpointed when asked and training."""
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        hidden = []
-        for block in self.blocks:
-            tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
-            hidden.append(tokens)
-        return hidden
+        return run_blocks(self.blocks, tokens, recompute=self.grad_checkpointing and self.training)
 
     def _to_grid(self, tokens: Tensor) -> Tensor:
         return tokens.transpose(1, 2).reshape(

@@ -14,9 +14,8 @@ from lightly.models.utils import get_at_index
 from monai.networks.layers import trunc_normal_
 from monai.transforms import Compose
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from medssl.backbones.vit import ViTBackbone
+from medssl.backbones.vit import ViTBackbone, run_blocks
 from medssl.evaluation.reconstruction import ReconstructionFigure
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.patches import num_visible, patchify, random_masking, unpatchify
@@ -150,12 +149,8 @@ class MAE(SSLMethod):
         tokens = (
             get_at_index(torch.cat([tokens, fill], dim=1), ids_restore) + self.decoder_pos_embed
         )  # (B, L, Dd)
-        vit = cast(ViTBackbone, self.backbone)
-        if vit.grad_checkpointing and self.training and torch.is_grad_enabled():  # decoder: every patch
-            for block in self.decoder_blocks:
-                tokens = checkpoint(block, tokens, use_reentrant=False)
-        else:
-            tokens = self.decoder_blocks(tokens)
+        recompute = cast(ViTBackbone, self.backbone).grad_checkpointing and self.training  # as the encoder
+        tokens = run_blocks(self.decoder_blocks, tokens, recompute)[-1]
         return self.decoder_pred(self.decoder_norm(tokens))
 
     @torch.no_grad()
