@@ -145,7 +145,7 @@ def plain_model(workload: str, method: SSLMethod, channels_last: bool = False) -
     return PlainMAE(method)
 
 
-def _optimizer(model: nn.Module, steps: int) -> tuple[torch.optim.Optimizer, CosineWarmupScheduler]:
+def make_optimizer(model: nn.Module, steps: int) -> tuple[torch.optim.Optimizer, CosineWarmupScheduler]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -159,7 +159,7 @@ def plain_stepper(
     model: nn.Module, batch: dict[str, Tensor], total_steps: int, bf16: bool
 ) -> Callable[[], None]:
     """One hand-written training step per call (AdamW + per-step schedule, kept across calls)."""
-    optimizer, schedule = _optimizer(model, total_steps)
+    optimizer, schedule = make_optimizer(model, total_steps)
 
     def step() -> None:
         model.train()

@@ -1,4 +1,4 @@
-"""Segmentation fine-tuning: backbone + decoder, DiceCE loss, sliding-window Dice and HD95, 2D and 3D.
+"""Segmentation fine-tuning: backbone + decoder, DiceCE loss, sliding-window Dice, HD95 and AUROC, 2D and 3D.
 
 - [0]: UNETR, 2021, https://arxiv.org/abs/2103.10504
 - [1]: MONAI, 2022, https://arxiv.org/abs/2211.02701
@@ -19,6 +19,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 from torch import Tensor
+from torchmetrics.classification import BinaryAUROC
 
 from medssl.backbones import build_backbone
 from medssl.evaluation.overlays import SegmentationOverlay
@@ -57,9 +58,11 @@ class SegmentationModule(pl.LightningModule):
     Training: DiceCE (softmax, one-hot targets) on patches. Validation and test: sliding-window inference
     over whole images (ROI ``roi_size``, by default the DataModule's ``patch_size``), argmax, then MONAI's
     Dice per foreground class (``val/dice_<class>``; ``val/dice`` is their mean) and 95th-percentile
-    Hausdorff distance in voxels (``test/hd95``, see ``hd95``). With a field-of-view mask in the batch
-    (``fov``, DRIVE), pixels outside it are set to background in both prediction and ground truth, so they
-    count neither as hits nor as errors.
+    Hausdorff distance in voxels (``test/hd95``, see ``hd95``); for one foreground class also the pixel
+    AUROC of its softmax probability (``val/auroc``, 200 thresholds: the retinal-vessel convention). With a
+    field-of-view mask in the batch (``fov``, DRIVE), pixels outside it are set to background in both
+    prediction and ground truth for Dice and HD95, so they count neither as hits nor as errors, and are left
+    out of the AUROC.
 
     Args:
         backbone: registered backbone name; encoder-decoder backbones (``unet``) keep their own decoder.
@@ -125,6 +128,7 @@ class SegmentationModule(pl.LightningModule):
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
         self.hd95: list[Tensor] = []  # (B, K-1) per batch
+        self.auroc = BinaryAUROC(thresholds=200) if num_classes == 2 else None
         self.loss_guard = LossGuard(nan_policy)
 
     @property
@@ -188,9 +192,10 @@ class SegmentationModule(pl.LightningModule):
         logits = self.predict_logits(plain(batch["image"]))
         self.log(f"{stage}/loss", self.loss(logits, mask), batch_size=mask.shape[0])
         pred = logits.argmax(dim=1, keepdim=True)  # (B, 1, *S)
-        if "fov" in batch:
-            fov = plain(batch["fov"]) > 0
-            pred, mask = pred * fov, mask * fov
+        fov = plain(batch["fov"]) > 0 if "fov" in batch else torch.ones_like(mask, dtype=torch.bool)
+        if self.auroc is not None:
+            self.auroc.update(logits.float().softmax(dim=1)[:, 1:][fov], mask[fov].long())
+        pred, mask = pred * fov, mask * fov
         classes = self.hparams["num_classes"]
         pred_1h, mask_1h = one_hot(pred, classes), one_hot(mask, classes)  # (B, K, *S)
         self.dice(pred_1h, mask_1h)
@@ -203,6 +208,9 @@ class SegmentationModule(pl.LightningModule):
         assert isinstance(per_class, Tensor)
         self.dice.reset()
         self.log(f"{stage}/dice", per_class.nanmean(), sync_dist=True)
+        if self.auroc is not None:
+            self.log(f"{stage}/auroc", self.auroc.compute(), sync_dist=True)
+            self.auroc.reset()
         for name, value in zip(self.class_names, per_class, strict=True):
             self.log(f"{stage}/dice_{name}", value, sync_dist=True)
         if self.hd95:

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
         ("framework_overhead", {"simclr_resnet18", "mae_vit_tiny"}),
         ("mixed_precision", {"simclr_resnet18", "simclr_resnet18_channels_last", "mae_vit_tiny"}),
         ("checkpointing_memory", {"mae"}),
+        ("precision_profile", {"ceiling", "dispatch", "simclr_resnet18", "mae_vit_tiny"}),
         pytest.param("data_pipeline", {"simclr_resnet18_pneumoniamnist_2d"}, marks=REAL_DATA),
         pytest.param("throughput_table", {"cells"}, marks=REAL_DATA),
     ],

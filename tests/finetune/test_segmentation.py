@@ -166,8 +166,13 @@ def test_fov_removes_predictions_outside_it_from_the_metrics() -> None:
     logits = torch.cat([1 - mask, mask], dim=1)
     logits[:, 1, 12:, :] = 5.0  # vessels "found" outside the field of view
     model.predict_logits = lambda image: logits  # type: ignore[method-assign]
-    model._evaluate("test", {"image": torch.zeros(1, 1, 16, 16), "mask": mask, "fov": fov})
+    batch = {"image": torch.zeros(1, 1, 16, 16), "mask": mask, "fov": fov}
+    model._evaluate("test", batch)
     assert float(model.dice.aggregate()[0]) == pytest.approx(1.0)
+    assert model.auroc is not None and float(model.auroc.compute()) == pytest.approx(1.0)
+    model.auroc.reset()
+    model._evaluate("test", {k: v for k, v in batch.items() if k != "fov"})  # the false vessels count
+    assert float(model.auroc.compute()) < 0.9
 
 
 def test_sliding_window_covers_images_larger_than_the_patch() -> None:
@@ -213,6 +218,7 @@ def test_dice_rises_well_above_chance_in_a_few_steps(
     after = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert after["test/dice"] > 0.25 and after["test/dice"] > before["test/dice"] + 0.15, (before, after)
     assert after["test/dice_blob"] == after["test/dice"] and np.isfinite(after["test/hd95"])
+    assert after["test/auroc"] > before["test/auroc"] + 0.1, (before, after)
 
 
 # --- pretrained --------------------------------------------------------------------------------
