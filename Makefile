@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medssl-installed
 
-.PHONY: install test check format demo clean
+.PHONY: install test test-learning check format demo clean
 
 ## install: create .venv with torch 2.14.1 + torchvision 0.29.1 (local wheels) and medssl with its extras
 install: $(STAMP)
@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,demo,export,tensorboard]"
 	touch $(STAMP)
 
-## test: the whole test suite (real-data tests run when ../shared/data or $$MEDSSL_DATA_DIR exists)
+## test: the test suite (real-data tests run when ../shared/data or $$MEDSSL_DATA_DIR exists)
 test: install
 	$(BIN)/pytest -q
+
+## test-learning: the longer real-data learning checks the suite leaves out (~8 min on 2 cores)
+test-learning: install
+	$(BIN)/pytest -q -m learning
 
 ## check: lint, format check and type check
 check: install

@@ -54,6 +54,7 @@ def assert_student_predicts_teacher(
     assert loss[-1] < constant[-1] - margin, (loss, constant)
 
 
+@pytest.mark.learning
 def test_dino_learns_on_pneumoniamnist(real_data, tmp_path):
     """DINO (the recipe: K = 2048, teacher 0.04, momentum 0.99) for 5 epochs on 512 real chest X-rays.
 
@@ -84,6 +85,7 @@ def test_dino_learns_on_adrenalmnist3d(real_data, tmp_path):
     assert_student_predicts_teacher(rows, 5, fall=0.3, margin=0.02)
 
 
+@pytest.mark.learning
 def test_dino_learns_on_hippocampus(real_data, tmp_path):
     """DINO (the recipe, batch 16) for 8 epochs on all 260 MSD Hippocampus MRI volumes.
 

@@ -74,6 +74,7 @@ def test_mae_learns_on_hippocampus(real_data, tmp_path):
     assert loss[-1] < loss[0] - 0.1, loss
 
 
+@pytest.mark.learning
 def test_mae_reaches_flat_patches_on_adrenalmnist3d(real_data, tmp_path):
     """5 epochs on 512 AdrenalMNIST3D volumes (343 patches of 4^3, mask 0.75): only the trivial solution.
 

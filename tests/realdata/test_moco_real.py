@@ -34,6 +34,7 @@ MOCO = ["--model.init_args.hidden_dim", "128", "--model.init_args.lr", "3e-3"]
 QUEUE = ["--model.init_args.queue_size", "256"]  # 2B = 64 keys per step: real keys from the 5th step on
 
 
+@pytest.mark.learning
 def test_moco_v2_learns_on_pneumoniamnist(real_data, tmp_path):
     """MoCo v2 (the recipe's version, queue 256) for 6 epochs on 512 real chest X-rays.
 
@@ -50,6 +51,7 @@ def test_moco_v2_learns_on_pneumoniamnist(real_data, tmp_path):
     assert queue[-1] < math.log(257) - 0.3, queue
 
 
+@pytest.mark.learning
 def test_moco_v2_mochi_learns_on_adrenalmnist3d(real_data, tmp_path):
     """MoCo v2 + MoCHi (the recipe; queue 256, 64 hard negatives mixed) for 5 epochs on 512 3D shapes.
 
