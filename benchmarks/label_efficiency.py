@@ -200,10 +200,10 @@ def write_report(
         "finetune_steps": args.finetune_steps or dataset.finetune_steps,
         "cpu_backbones": dataset.cpu_backbones,
         "finetune_args": args.finetune_args,
-        "seeds": args.seeds,
-        "label_fractions": args.fractions,
         "trials": trials,
     }
+    payload = merge_earlier_pieces(payload, out.with_suffix(".json"))
+    trials, pretraining = payload["trials"], payload["pretraining"]
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     budget = ", ".join(f"{m} {s['steps']} steps / {s['minutes']} min" for m, s in pretraining.items())
     steps = args.finetune_steps or dataset.finetune_steps
@@ -226,6 +226,34 @@ def write_report(
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written: {out}.json / .md / .png")
+
+
+def merge_earlier_pieces(payload: dict, path: Path) -> dict:
+    """This run's trials plus those of earlier runs in ``path`` with the same budgets (this run's win).
+
+    The benchmark runs in pieces (a mode, a fraction or a method at a time); the report holds them all.
+    Earlier results with other pretraining or fine-tuning budgets are replaced, not mixed in.
+    """
+    if not path.is_file():
+        return payload
+    earlier = json.loads(path.read_text())
+    budgets = ("dataset", "finetune_steps", "cpu_backbones")
+    same_pretraining = all(
+        earlier["pretraining"].get(method, stats) == stats for method, stats in payload["pretraining"].items()
+    )
+    if any(earlier.get(k) != payload[k] for k in budgets) or not same_pretraining:
+        print(f"{path.name}: earlier results used other budgets, replaced")
+        return payload
+
+    def key(trial: dict) -> tuple:
+        return trial["backbone"], trial["init"], trial["mode"], trial["label_fraction"], trial["seed"]
+
+    trials = {key(t): t for t in earlier["trials"]} | {key(t): t for t in payload["trials"]}
+    order = sorted(trials, key=lambda k: (k[0], k[2], k[3], k[4], k[1] != "scratch", k[1]))
+    return payload | {
+        "pretraining": earlier["pretraining"] | payload["pretraining"],
+        "trials": [trials[k] for k in order],
+    }
 
 
 def run(argv: list[str] | None = None) -> None:
