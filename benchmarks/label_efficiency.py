@@ -221,6 +221,8 @@ def write_report(
         if any(t["mode"] == "frozen" for t in group):
             knn = [t for t in group if t["mode"] == "frozen"]
             lines.append(report.markdown(knn, "test/knn_auroc", "kNN on frozen features").split("\n", 2)[2])
+        if metric == "test/dice" and all("test/auroc" in t["metrics"] for t in group):  # one class: DRIVE
+            lines.append(report.markdown(group, "test/auroc", "pixel AUROC").split("\n", 2)[2])
         png = out.with_suffix(".png") if len(families) == 1 else out.parent / f"{out.name}_{backbone}.png"
         report.plot(group, metric, png, title)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
