@@ -192,10 +192,16 @@ class SegmentationModule(pl.LightningModule):
         logits = self.predict_logits(plain(batch["image"]))
         self.log(f"{stage}/loss", self.loss(logits, mask), batch_size=mask.shape[0])
         pred = logits.argmax(dim=1, keepdim=True)  # (B, 1, *S)
-        fov = plain(batch["fov"]) > 0 if "fov" in batch else torch.ones_like(mask, dtype=torch.bool)
+        fov = plain(batch["fov"]) > 0 if "fov" in batch else None
         if self.auroc is not None:
-            self.auroc.update(logits.float().softmax(dim=1)[:, 1:][fov], mask[fov].long())
-        pred, mask = pred * fov, mask * fov
+            foreground = logits.float().softmax(dim=1)[:, 1:]  # (B, 1, *S)
+            if fov is not None:
+                foreground, truth = foreground[fov], mask[fov]
+            else:
+                truth = mask
+            self.auroc.update(foreground.flatten(), truth.flatten().long())
+        if fov is not None:
+            pred, mask = pred * fov, mask * fov
         classes = self.hparams["num_classes"]
         pred_1h, mask_1h = one_hot(pred, classes), one_hot(mask, classes)  # (B, K, *S)
         self.dice(pred_1h, mask_1h)
