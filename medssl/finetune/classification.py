@@ -38,10 +38,11 @@ class ClassificationModule(pl.LightningModule):
     """A backbone and a linear head over its pooled features, for multi-class or multi-label labels.
 
     ``linear_probe`` freezes the backbone (kept in eval mode, so norm statistics do not move) and trains the
-    head only. ``finetune`` trains everything, the backbone at ``lr * backbone_lr_scale`` and, for ViTs, each
-    block at a further ``layer_decay ** depth-from-the-top`` of that. Metrics (torchmetrics, logged as
-    ``val/auroc``, ``test/balanced_accuracy``, ``test/auroc_class0``, ...): macro AUROC, accuracy,
-    balanced accuracy (macro recall), macro F1 and the AUROC of each class.
+    head only. ``finetune`` trains everything, the pretrained backbone tensors at ``lr * backbone_lr_scale``
+    and, for ViTs, each block at a further ``layer_decay ** depth-from-the-top`` of that; a backbone trained
+    from scratch learns at ``lr`` (there is nothing to preserve, and scratch baselines are not handicapped).
+    Metrics (torchmetrics, logged as ``val/auroc``, ``test/balanced_accuracy``, ``test/auroc_class0``, ...):
+    macro AUROC, accuracy, balanced accuracy (macro recall), macro F1 and the AUROC of each class.
 
     Args:
         backbone: registered backbone name; with ``backbone_kwargs`` it must match the pretraining's.
@@ -54,7 +55,8 @@ class ClassificationModule(pl.LightningModule):
         mode: ``linear_probe`` or ``finetune``.
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
         lr: peak learning rate of the head, reached after the warm-up; cosine decay afterwards.
-        backbone_lr_scale: the backbone's learning rate as a share of ``lr`` (``finetune`` only).
+        backbone_lr_scale: the pretrained backbone's learning rate as a share of ``lr`` (``finetune`` only;
+            tensors left at their fresh init, e.g. from scratch, train at ``lr``).
         layer_decay: ViT only: learning-rate factor per block counted from the top (1.0 = none).
         weight_decay: decoupled weight decay; biases, norms and embeddings get none.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
@@ -97,6 +99,7 @@ class ClassificationModule(pl.LightningModule):
         if layer_decay != 1.0 and not isinstance(self.backbone, ViTBackbone):
             raise ValueError(f"layer_decay applies to ViT backbones only; {backbone!r} is not one (use 1.0)")
         self.load_report = load_backbone_weights(self.backbone, pretrained)
+        self._pretrained = {f"backbone.{key}" for key in self.load_report.loaded}
         log.info(summary(self.load_report))
         if mode == "linear_probe":
             self.backbone.requires_grad_(False)
@@ -186,8 +189,8 @@ class ClassificationModule(pl.LightningModule):
 
     # --- helpers -----------------------------------------------------------------------------
     def _lr_scale(self, name: str) -> float:
-        if not name.startswith("backbone."):
-            return 1.0
+        if name not in self._pretrained:
+            return 1.0  # the head, and backbone tensors at their fresh init
         scale: float = self.hparams["backbone_lr_scale"]
         if isinstance(self.backbone, ViTBackbone):
             depth = len(self.backbone.blocks)  # patch embedding 0, blocks 1..depth, final norm depth + 1

@@ -74,7 +74,9 @@ class SegmentationModule(pl.LightningModule):
         pretrained: a pretraining run dir, checkpoint or export dir; ``none`` trains from scratch.
         feature_size: channels of the decoder's finest level (CNN and ViT decoders).
         lr: peak learning rate of the decoder, reached after the warm-up; cosine decay afterwards.
-        backbone_lr_scale: the backbone's learning rate as a fraction of ``lr``.
+        backbone_lr_scale: the learning rate of the pretrained backbone tensors as a fraction of ``lr``;
+            tensors at their fresh init (from scratch, or decoder blocks the pretraining did not train) and
+            the head train at ``lr``, so a scratch baseline is not handicapped.
         weight_decay: decoupled weight decay; biases, norms and embeddings get none.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
         min_lr_ratio: final learning rate as a fraction of ``lr``.
@@ -122,6 +124,7 @@ class SegmentationModule(pl.LightningModule):
             backbone, spatial_dims=spatial_dims, in_channels=in_channels, **(backbone_kwargs or {})
         )
         self.load_report = load_backbone_weights(net_backbone, pretrained)
+        self._pretrained = {f"backbone.{key}" for key in self.load_report.loaded}
         log.info(summary(self.load_report))
         self.net = SegmentationNet(net_backbone, num_classes=num_classes, feature_size=feature_size)
         self.roi_size = tuple(roi_size) if roi_size else None
@@ -248,18 +251,19 @@ class SegmentationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """Backbone at ``lr * backbone_lr_scale``, decoder at ``lr``; biases, norms, embeddings undecayed."""
+        """Pretrained tensors at ``lr * backbone_lr_scale``, the rest at ``lr``; biases, norms, embeddings
+        undecayed."""
         lr, scale, decay = self.hparams["lr"], self.hparams["backbone_lr_scale"], self.hparams["weight_decay"]
         groups: dict[tuple[bool, bool], list[Tensor]] = {}
         for name, param in self.net.named_parameters():
             if param.requires_grad:
                 plain = skips_decay(name, param)
-                groups.setdefault((name.startswith("backbone."), plain), []).append(param)
+                groups.setdefault((name in self._pretrained, plain), []).append(param)
         return [
             {
                 "params": params,
-                "lr": lr * (scale if in_backbone else 1.0),
+                "lr": lr * (scale if pretrained else 1.0),
                 "weight_decay": 0.0 if plain else decay,
             }
-            for (in_backbone, plain), params in groups.items()
+            for (pretrained, plain), params in groups.items()
         ]

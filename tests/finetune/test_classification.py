@@ -84,6 +84,20 @@ def test_linear_probe_leaves_the_backbone_unchanged(tmp_path: Path) -> None:
     assert [len(g["params"]) for g in module.param_groups()] == [1, 1]  # head weight and bias only
 
 
+def test_a_scratch_backbone_trains_at_the_full_lr() -> None:
+    """``backbone_lr_scale`` protects pretrained weights; a scratch baseline at a tenth of the rate would lose
+    for the wrong reason."""
+    module = _module(mode="finetune", backbone_lr_scale=0.1)
+    assert {group["lr"] for group in module.param_groups()} == {1e-2}
+    vit = ClassificationModule(
+        backbone="vit_tiny",
+        backbone_kwargs={"img_size": 16, "patch_size": 8, "num_layers": 2},
+        lr=1e-2,
+        layer_decay=0.5,
+    )
+    assert {group["lr"] for group in vit.param_groups()} == {1e-2}
+
+
 def test_multi_label_path(tmp_path: Path) -> None:
     data = _data(write_npz(tmp_path / "ml.npz", 2, num_labels=3), num_classes=3, multi_label=True)
     module = _module(num_classes=3, multi_label=True, class_weights="balanced")

@@ -222,7 +222,8 @@ def test_dice_rises_well_above_chance_in_a_few_steps(
 
 
 # --- pretrained --------------------------------------------------------------------------------
-def test_pretrained_unet_decoder_weights_are_loaded(tmp_path: Path) -> None:
+def _unet_export(folder: Path, decoder: list[str]) -> tuple[torch.nn.Module, Path]:
+    """A JCL-style export of a tiny 2D BasicUNet whose ``decoder`` blocks were pretrained too."""
     torch.manual_seed(1)
     source = build_backbone("unet", spatial_dims=2, in_channels=1, **TINY_UNET)
     meta = describe(
@@ -235,8 +236,11 @@ def test_pretrained_unet_decoder_weights_are_loaded(tmp_path: Path) -> None:
         global_step=1,
         epoch=0,
     )
-    decoder = ["upcat_4", "upcat_3", "upcat_2", "upcat_1"]
-    export = write_weights(Pretrained(source, meta, decoder_modules=decoder), tmp_path / "export")
+    return source, write_weights(Pretrained(source, meta, decoder_modules=decoder), folder)
+
+
+def test_pretrained_unet_decoder_weights_are_loaded(tmp_path: Path) -> None:
+    source, export = _unet_export(tmp_path / "export", ["upcat_4", "upcat_3", "upcat_2", "upcat_1"])
     model = SegmentationModule(
         backbone="unet", backbone_kwargs=TINY_UNET, spatial_dims=2, pretrained=str(export)
     )
@@ -249,3 +253,21 @@ def test_pretrained_unet_decoder_weights_are_loaded(tmp_path: Path) -> None:
         backbone="unet", backbone_kwargs=TINY_UNET, spatial_dims=2, pretrained="none"
     )
     assert scratch.load_report.loaded == []
+
+
+def _lr_of(model: SegmentationModule) -> dict[str, float]:
+    lrs = {id(p): group["lr"] for group in model._param_groups() for p in group["params"]}
+    return {name: lrs[id(p)] for name, p in model.net.named_parameters() if p.requires_grad}
+
+
+def test_only_pretrained_tensors_get_the_backbone_lr_scale(tmp_path: Path) -> None:
+    """A scratch baseline must not train its backbone at a tenth of the rate (it would look worse)."""
+    _, export = _unet_export(tmp_path / "export", ["upcat_4"])  # upcat_3 .. 1 not pretrained
+    options = dict(backbone="unet", backbone_kwargs=TINY_UNET, spatial_dims=2, lr=1e-2, backbone_lr_scale=0.1)
+    lrs = _lr_of(SegmentationModule(pretrained=str(export), **options))
+    assert lrs["backbone.conv_0.conv_0.conv.weight"] == pytest.approx(1e-3)
+    assert lrs["backbone.upcat_4.upsample.deconv.weight"] == pytest.approx(1e-3)
+    assert lrs["backbone.upcat_1.upsample.deconv.weight"] == pytest.approx(1e-2)  # fresh init
+    assert all(lr == pytest.approx(1e-2) for name, lr in lrs.items() if not name.startswith("backbone."))
+    scratch = _lr_of(SegmentationModule(pretrained="none", **options))
+    assert all(lr == pytest.approx(1e-2) for lr in scratch.values())
