@@ -17,7 +17,8 @@ For one dataset of ``../shared/data`` (``MEDSSL_DATA_DIR``) and a list of method
 Every finished run is kept under ``--work`` and reused: the benchmark can be run in pieces and resumed.
 
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods simclr moco dino mae
-    python benchmarks/label_efficiency.py --dataset hippocampus --methods jcl simclr --fractions 0.1 1.0
+    python benchmarks/label_efficiency.py --dataset hippocampus --methods jcl --fractions 0.1 \
+        --finetune-args="--trainer.precision bf16-mixed"
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ DATASETS = {
             "basicunet": "seg_unet_hippocampus_3d",
         },
         pretrain_steps=1000,
-        finetune_steps=400,
+        finetune_steps=600,
         val_every=100,
         modes=("finetune",),
     ),
