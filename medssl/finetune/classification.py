@@ -26,7 +26,7 @@ from torchmetrics.classification import (
 
 from medssl.backbones import build_backbone
 from medssl.backbones.vit import ViTBackbone
-from medssl.finetune.pretrained import load_backbone_weights, summary
+from medssl.finetune.pretrained import load_backbone_weights, pretrained_parameter_names, summary
 from medssl.optim import skips_decay, warmup_cosine
 from medssl.reliability.divergence import LossGuard, NanPolicy
 
@@ -99,7 +99,7 @@ class ClassificationModule(pl.LightningModule):
         if layer_decay != 1.0 and not isinstance(self.backbone, ViTBackbone):
             raise ValueError(f"layer_decay applies to ViT backbones only; {backbone!r} is not one (use 1.0)")
         self.load_report = load_backbone_weights(self.backbone, pretrained)
-        self._pretrained = {f"backbone.{key}" for key in self.load_report.loaded}
+        self._pretrained = pretrained_parameter_names(self.load_report)
         log.info(summary(self.load_report))
         if mode == "linear_probe":
             self.backbone.requires_grad_(False)

@@ -58,6 +58,12 @@ def load_backbone_weights(backbone: Backbone, source: str | Path | None) -> Load
     )
 
 
+def pretrained_parameter_names(report: LoadReport, prefix: str = "backbone.") -> set[str]:
+    """Module-level names of the tensors ``report`` loaded: the only ones ``backbone_lr_scale`` slows down
+    (the head, untrained decoder blocks and a scratch backbone learn at the full rate)."""
+    return {prefix + key for key in report.loaded}
+
+
 def summary(report: LoadReport) -> str:
     """One line for the log: where from, how many tensors loaded / missing / unexpected."""
     if report.source == SCRATCH:

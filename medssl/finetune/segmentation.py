@@ -24,7 +24,7 @@ from torchmetrics.classification import BinaryAUROC
 from medssl.backbones import build_backbone
 from medssl.evaluation.overlays import SegmentationOverlay
 from medssl.finetune.decoders import SegmentationNet
-from medssl.finetune.pretrained import load_backbone_weights, summary
+from medssl.finetune.pretrained import load_backbone_weights, pretrained_parameter_names, summary
 from medssl.optim import skips_decay, warmup_cosine
 from medssl.reliability.divergence import LossGuard, NanPolicy
 
@@ -124,7 +124,7 @@ class SegmentationModule(pl.LightningModule):
             backbone, spatial_dims=spatial_dims, in_channels=in_channels, **(backbone_kwargs or {})
         )
         self.load_report = load_backbone_weights(net_backbone, pretrained)
-        self._pretrained = {f"backbone.{key}" for key in self.load_report.loaded}
+        self._pretrained = pretrained_parameter_names(self.load_report)
         log.info(summary(self.load_report))
         self.net = SegmentationNet(net_backbone, num_classes=num_classes, feature_size=feature_size)
         self.roi_size = tuple(roi_size) if roi_size else None
