@@ -3,8 +3,9 @@
 For one dataset of ``../shared/data`` (``MEDSSL_DATA_DIR``) and a list of methods:
 
 1. ``medssl pretrain`` each method's recipe (``recipes/pretrain/<method>_<backbone>_<dataset>_<2d|3d>.yaml``)
-   on the training images without their labels, for a fixed number of optimiser steps (``--pretrain-steps``,
-   calibrated to about 10-20 CPU minutes here; the wall time is recorded). Test images are never used:
+   on the training images without their labels, for a fixed number of optimiser steps per method and dataset
+   (``Dataset.pretrain_steps``, calibrated to about 15-20 CPU minutes here, or ``--pretrain-steps``; the wall
+   time is recorded). Test images are never used:
    MedMNIST's test split is left out by the DataModule, Hippocampus pretrains on the cases outside the
    fine-tuning's fixed patient hold-out, DRIVE on its training folder.
 2. ``medssl compare`` per fine-tuning recipe (one per backbone family, shared by the methods that pretrain
@@ -47,7 +48,10 @@ class Dataset:
     name: str  # recipe suffix, e.g. "pneumoniamnist_2d"
     backbones: dict[str, str]  # method -> backbone part of its recipe names
     finetune: dict[str, str]  # backbone -> fine-tuning recipe
-    pretrain_steps: int
+    #: method -> pretraining steps, calibrated to about 15-20 minutes of this machine's 2 CPU cores (measured
+    #: minutes are in the report; PneumoniaMNIST's SimCLR, run first, got more): the time budget per method,
+    #: given as steps so the LR schedule knows its length and a rerun repeats it
+    pretrain_steps: dict[str, int]
     finetune_steps: int
     val_every: int  # fine-tuning validation (model selection) every this many steps
     modes: tuple[str, ...] = ("finetune", "frozen")
@@ -62,7 +66,7 @@ DATASETS = {
         name="pneumoniamnist_2d",
         backbones=CNN,
         finetune={"resnet18": "cls_resnet18_pneumoniamnist_2d", "vit_tiny": "cls_vit_tiny_pneumoniamnist_2d"},
-        pretrain_steps=500,
+        pretrain_steps={"simclr": 500, "mae": 600, "moco": 200, "dino": 80},
         finetune_steps=100,
         val_every=25,
         cpu_backbones={"resnet18": "{small_input: true, widen_factor: 0.5}"},
@@ -71,7 +75,7 @@ DATASETS = {
         name="adrenalmnist3d_3d",
         backbones=CNN,
         finetune={"resnet18": "cls_resnet18_adrenalmnist3d_3d", "vit_tiny": "cls_vit_tiny_adrenalmnist3d_3d"},
-        pretrain_steps=1000,
+        pretrain_steps={"simclr": 400},
         finetune_steps=100,
         val_every=25,
         cpu_backbones={"resnet18": "{small_input: false, widen_factor: 0.5}"},
@@ -84,7 +88,7 @@ DATASETS = {
             "vit_tiny": "seg_vit_tiny_hippocampus_3d",
             "basicunet": "seg_unet_hippocampus_3d",
         },
-        pretrain_steps=1000,
+        pretrain_steps={"jcl": 1000},
         finetune_steps=600,
         val_every=100,
         modes=("finetune",),
@@ -93,7 +97,7 @@ DATASETS = {
         name="drive_2d",
         backbones=CNN,
         finetune={"resnet18": "seg_resnet18_drive_2d", "basicunet": "seg_unet_drive_2d"},
-        pretrain_steps=1000,
+        pretrain_steps={"jcl": 1000},
         finetune_steps=600,
         val_every=100,
         modes=("finetune",),
@@ -266,7 +270,9 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=["finetune", "frozen"])
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the dataset's own")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=None, help="default: the dataset's calibrated budget per method"
+    )
     parser.add_argument("--finetune-steps", type=int, default=None, help="default: the dataset's own")
     parser.add_argument(
         "--finetune-args", default="", help='more options for every fine-tune, e.g. "--data.num_workers 0"'
@@ -277,9 +283,10 @@ def run(argv: list[str] | None = None) -> None:
     args.work = args.work or Path("runs/label_efficiency") / args.dataset
     runs, pretraining = {}, {}
     for method in args.methods:
-        runs[method], pretraining[method] = pretrain(
-            dataset, method, args.work, args.pretrain_steps or dataset.pretrain_steps
-        )
+        steps = args.pretrain_steps or dataset.pretrain_steps.get(method)
+        if steps is None:
+            sys.exit(f"no pretraining budget for {method} on {args.dataset}: pass --pretrain-steps")
+        runs[method], pretraining[method] = pretrain(dataset, method, args.work, steps)
     trials = []
     for backbone in dict.fromkeys(dataset.backbones[m] for m in args.methods):
         group = {m: runs[m] for m in args.methods if dataset.backbones[m] == backbone}

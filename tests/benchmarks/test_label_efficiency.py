@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 import medssl
 
 SCRIPT = Path(medssl.__file__).resolve().parents[1] / "benchmarks" / "label_efficiency.py"
@@ -55,3 +57,9 @@ def test_results_of_other_budgets_are_replaced_not_mixed(tmp_path: Path) -> None
     assert label_efficiency.merge_earlier_pieces(new, path)["trials"] == new["trials"]
     path.write_text(json.dumps(payload([trial("scratch", "frozen", 0.1, 0, 0.8)], steps=50)))
     assert label_efficiency.merge_earlier_pieces(new, path)["trials"] == new["trials"]
+
+
+def test_a_method_without_a_calibrated_budget_is_refused_before_any_run(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no pretraining budget for mae on adrenalmnist3d"):
+        label_efficiency.run(["--dataset", "adrenalmnist3d", "--methods", "mae", "--work", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
