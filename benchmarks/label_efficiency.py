@@ -281,11 +281,17 @@ def run(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     dataset = DATASETS[args.dataset]
     args.work = args.work or Path("runs/label_efficiency") / args.dataset
+    unknown = [m for m in args.methods if m not in dataset.backbones]
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}: choose from {sorted(dataset.backbones)}")
+    budgets = {m: args.pretrain_steps or dataset.pretrain_steps.get(m) for m in args.methods}
+    unbudgeted = [m for m, steps in budgets.items() if steps is None]
+    if unbudgeted:  # before any run: a refusal after hours of pretraining the other methods helps no one
+        sys.exit(
+            f"no pretraining budget for {', '.join(unbudgeted)} on {args.dataset}: pass --pretrain-steps"
+        )
     runs, pretraining = {}, {}
-    for method in args.methods:
-        steps = args.pretrain_steps or dataset.pretrain_steps.get(method)
-        if steps is None:
-            sys.exit(f"no pretraining budget for {method} on {args.dataset}: pass --pretrain-steps")
+    for method, steps in budgets.items():
         runs[method], pretraining[method] = pretrain(dataset, method, args.work, steps)
     trials = []
     for backbone in dict.fromkeys(dataset.backbones[m] for m in args.methods):

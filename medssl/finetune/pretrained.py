@@ -58,10 +58,10 @@ def load_backbone_weights(backbone: Backbone, source: str | Path | None) -> Load
     )
 
 
-def pretrained_parameter_names(report: LoadReport, prefix: str = "backbone.") -> set[str]:
-    """Module-level names of the tensors ``report`` loaded: the only ones ``backbone_lr_scale`` slows down
-    (the head, untrained decoder blocks and a scratch backbone learn at the full rate)."""
-    return {prefix + key for key in report.loaded}
+def pretrained_parameter_names(report: LoadReport) -> set[str]:
+    """Module-level names (``backbone.*``) of the tensors ``report`` loaded: the only ones that
+    ``backbone_lr_scale`` slows down (the head, untrained decoder blocks, a scratch backbone learn at ``lr``)."""
+    return {f"backbone.{key}" for key in report.loaded}
 
 
 def summary(report: LoadReport) -> str:

@@ -61,5 +61,9 @@ def test_results_of_other_budgets_are_replaced_not_mixed(tmp_path: Path) -> None
 
 def test_a_method_without_a_calibrated_budget_is_refused_before_any_run(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no pretraining budget for mae on adrenalmnist3d"):
-        label_efficiency.run(["--dataset", "adrenalmnist3d", "--methods", "mae", "--work", str(tmp_path)])
-    assert not any(tmp_path.iterdir())
+        label_efficiency.run(
+            ["--dataset", "adrenalmnist3d", "--methods", "simclr", "mae", "--work", str(tmp_path)]
+        )
+    assert not any(tmp_path.iterdir())  # simclr, which has a budget, was not pretrained first
+    with pytest.raises(SystemExit, match="unknown method"):
+        label_efficiency.run(["--dataset", "drive", "--methods", "byol", "--work", str(tmp_path)])
