@@ -60,7 +60,7 @@ def load_backbone_weights(backbone: Backbone, source: str | Path | None) -> Load
 
 def pretrained_parameter_names(report: LoadReport) -> set[str]:
     """Module-level names (``backbone.*``) of the tensors ``report`` loaded: the only ones that
-    ``backbone_lr_scale`` slows down (the head, untrained decoder blocks, a scratch backbone learn at ``lr``)."""
+    ``backbone_lr_scale`` slows down (head, untrained decoder blocks, scratch backbones: ``lr``)."""
     return {f"backbone.{key}" for key in report.loaded}
 
 
