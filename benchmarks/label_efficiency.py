@@ -16,8 +16,11 @@ For one dataset of ``../shared/data`` (``MEDSSL_DATA_DIR``) and a list of method
    and ``.png`` (metric vs label fraction).
 
 Every finished run is kept under ``--work`` and reused: the benchmark can be run in pieces and resumed.
+The report accumulates the pieces too; ``--reuse-scratch`` adds a method to it without running the scratch
+trials again (they must be in the report, with the same fine-tuning budget).
 
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods simclr moco dino mae
+    python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods dino --reuse-scratch
     python benchmarks/label_efficiency.py --dataset hippocampus --methods jcl --fractions 0.1 \
         --finetune-args="--trainer.precision bf16-mixed"
 """
@@ -58,6 +61,8 @@ class Dataset:
     #: backbone -> its ``backbone_kwargs`` here, in pretraining and fine-tuning alike (the shipped recipes'
     #: own when absent): what a CPU budget affords, recorded in the results
     cpu_backbones: dict[str, str] = field(default_factory=dict)
+    #: method -> more ``medssl pretrain`` options for this short budget (recorded in the results)
+    pretrain_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 CNN = {"simclr": "resnet18", "moco": "resnet18", "dino": "resnet18", "mae": "vit_tiny", "jcl": "basicunet"}
@@ -70,6 +75,8 @@ DATASETS = {
         finetune_steps=100,
         val_every=25,
         cpu_backbones={"resnet18": "{small_input: true, widen_factor: 0.5}"},
+        # the recipe's 2 warm-up epochs (74 steps at batch 128) would be almost all of 80 steps
+        pretrain_args={"dino": ("--model.init_args.warmup_epochs", "0.5")},
     ),
     "adrenalmnist3d": Dataset(
         name="adrenalmnist3d_3d",
@@ -112,6 +119,7 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
         sys.exit(f"no pretraining recipe {recipe.name} for {method} on {dataset.name}")
     run = work / "pretrain" / method
     stats = run / "benchmark.json"
+    extra = list(dataset.pretrain_args.get(method, ()))
     if not stats.is_file():
         source = _pretraining_source(dataset, work)
         started = time.monotonic()
@@ -126,11 +134,15 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
                     "--trainer.max_epochs", "-1",
                     "--trainer.enable_progress_bar", "false",
                     *_backbone_args(dataset, dataset.backbones[method], "--model.init_args.backbone_kwargs"),
+                    *extra,
                 ]
             )
         )  # fmt: skip
         minutes = (time.monotonic() - started) / 60
-        stats.write_text(json.dumps({"steps": steps, "minutes": round(minutes, 1)}) + "\n")
+        budget = {"steps": steps, "minutes": round(minutes, 1)} | (
+            {"args": shlex.join(extra)} if extra else {}
+        )
+        stats.write_text(json.dumps(budget) + "\n")
     return run, json.loads(stats.read_text())
 
 
@@ -149,6 +161,7 @@ def compare(dataset: Dataset, backbone: str, runs: dict[str, Path], args: argpar
                 "--seeds", *map(str, args.seeds),
                 "--modes", *modes,
                 "--out", str(out),
+                *(["--no-scratch"] if args.reuse_scratch else []),
                 "--trainer.max_steps", str(args.finetune_steps or dataset.finetune_steps),
                 "--trainer.max_epochs", "-1",
                 "--trainer.check_val_every_n_epoch", "null",
@@ -193,10 +206,15 @@ def _check(code: int) -> None:
         sys.exit(f"a medssl run failed (exit {code})")
 
 
+def report_path(dataset: Dataset) -> Path:
+    """``results/label_efficiency_<dataset>`` without its suffix (.json / .md / .png)."""
+    return HERE / "results" / f"label_efficiency_{dataset.name.rsplit('_', 1)[0]}"
+
+
 def write_report(
     dataset: Dataset, trials: list[dict], pretraining: dict[str, dict], args: argparse.Namespace
 ) -> None:
-    out = HERE / "results" / f"label_efficiency_{dataset.name.rsplit('_', 1)[0]}"
+    out = report_path(dataset)
     metric = "test/auroc" if "frozen" in dataset.modes else "test/dice"
     payload = {
         "dataset": dataset.name,
@@ -236,31 +254,64 @@ def write_report(
 
 
 def merge_earlier_pieces(payload: dict, path: Path) -> dict:
-    """This run's trials plus those of earlier runs in ``path`` with the same budgets (this run's win).
+    """This run's trials plus those of earlier runs in ``path`` (this run's win).
 
     The benchmark runs in pieces (a mode, a fraction or a method at a time); the report holds them all.
-    Earlier results with other pretraining or fine-tuning budgets are replaced, not mixed in.
+    Earlier results with another fine-tuning budget are replaced, not mixed in; so are the earlier trials of
+    a method pretrained again (another pretraining run, even at the same budget). Scratch trials stay.
     """
     if not path.is_file():
         return payload
     earlier = json.loads(path.read_text())
-    budgets = ("dataset", "finetune_steps", "cpu_backbones")
-    same_pretraining = all(
-        earlier["pretraining"].get(method, stats) == stats for method, stats in payload["pretraining"].items()
-    )
-    if any(earlier.get(k) != payload[k] for k in budgets) or not same_pretraining:
-        print(f"{path.name}: earlier results used other budgets, replaced")
+    if not same_finetuning(earlier, payload):
+        print(f"{path.name}: earlier results used another fine-tuning budget, replaced")
         return payload
+    repretrained = {
+        method
+        for method, stats in payload["pretraining"].items()
+        if earlier["pretraining"].get(method, stats) != stats
+    }
+    kept = [t for t in earlier["trials"] if t["init"] not in repretrained]
+    if repretrained:
+        print(f"{path.name}: {', '.join(sorted(repretrained))} pretrained again, earlier trials replaced")
 
     def key(trial: dict) -> tuple:
         return trial["backbone"], trial["init"], trial["mode"], trial["label_fraction"], trial["seed"]
 
-    trials = {key(t): t for t in earlier["trials"]} | {key(t): t for t in payload["trials"]}
+    trials = {key(t): t for t in kept} | {key(t): t for t in payload["trials"]}
     order = sorted(trials, key=lambda k: (k[0], k[2], k[3], k[4], k[1] != "scratch", k[1]))
     return payload | {
         "pretraining": earlier["pretraining"] | payload["pretraining"],
         "trials": [trials[k] for k in order],
     }
+
+
+def same_finetuning(earlier: dict, payload: dict) -> bool:
+    return all(earlier.get(k) == payload[k] for k in ("dataset", "finetune_steps", "cpu_backbones"))
+
+
+def missing_scratch(dataset: Dataset, methods: list[str], args: argparse.Namespace) -> list[str]:
+    """The scratch trials ``--reuse-scratch`` needs that the earlier report does not hold (same budget)."""
+    path = report_path(dataset).with_suffix(".json")
+    earlier = json.loads(path.read_text()) if path.is_file() else {"trials": []}
+    steps = args.finetune_steps or dataset.finetune_steps
+    budget = {"dataset": dataset.name, "finetune_steps": steps, "cpu_backbones": dataset.cpu_backbones}
+    held = set()
+    if same_finetuning(earlier, budget):
+        held = {
+            (t["backbone"], t["mode"], t["label_fraction"], t["seed"])
+            for t in earlier["trials"]
+            if t["init"] == "scratch"
+        }
+    wanted = [
+        (backbone, mode, fraction, seed)
+        for backbone in dict.fromkeys(dataset.backbones[m] for m in methods)
+        for mode in dataset.modes
+        if mode in args.modes
+        for fraction in args.fractions
+        for seed in args.seeds
+    ]
+    return [f"{b} {m} {f:g} seed {s}" for b, m, f, s in wanted if (b, m, f, s) not in held]
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -277,6 +328,11 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--finetune-args", default="", help='more options for every fine-tune, e.g. "--data.num_workers 0"'
     )
+    parser.add_argument(
+        "--reuse-scratch",
+        action="store_true",
+        help="take the scratch trials from the earlier report (same fine-tuning budget), not rerun them",
+    )
     parser.add_argument("--work", type=Path, default=None, help="default: runs/label_efficiency/<dataset>")
     args = parser.parse_args(argv)
     dataset = DATASETS[args.dataset]
@@ -290,6 +346,9 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(
             f"no pretraining budget for {', '.join(unbudgeted)} on {args.dataset}: pass --pretrain-steps"
         )
+    missing = missing_scratch(dataset, args.methods, args) if args.reuse_scratch else []
+    if missing:
+        sys.exit(f"--reuse-scratch: the report has no scratch trial for {'; '.join(missing)}")
     runs, pretraining = {}, {}
     for method, steps in budgets.items():
         runs[method], pretraining[method] = pretrain(dataset, method, args.work, steps)

@@ -50,13 +50,30 @@ def test_pieces_accumulate_and_a_rerun_replaces_its_own_trials(tmp_path: Path) -
     }
 
 
-def test_results_of_other_budgets_are_replaced_not_mixed(tmp_path: Path) -> None:
+def test_another_finetuning_budget_replaces_everything(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
-    path.write_text(json.dumps(payload([trial("scratch", "frozen", 0.1, 0, 0.8)], pretraining=200)))
+    path.write_text(json.dumps(payload([trial("scratch", "frozen", 0.1, 0, 0.8)], steps=50)))
     new = payload([trial("simclr", "finetune", 1.0, 0, 0.95)])
     assert label_efficiency.merge_earlier_pieces(new, path)["trials"] == new["trials"]
-    path.write_text(json.dumps(payload([trial("scratch", "frozen", 0.1, 0, 0.8)], steps=50)))
-    assert label_efficiency.merge_earlier_pieces(new, path)["trials"] == new["trials"]
+
+
+def test_a_method_pretrained_again_replaces_its_own_trials_and_keeps_scratch(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    earlier = [trial("scratch", "frozen", 0.1, 0, 0.8), trial("simclr", "frozen", 0.01, 0, 0.7)]
+    path.write_text(json.dumps(payload(earlier, pretraining=200)))
+    new = payload([trial("simclr", "finetune", 1.0, 0, 0.95)])  # another simclr run: its 1 % trial is gone
+    merged = label_efficiency.merge_earlier_pieces(new, path)
+    assert [(t["init"], t["label_fraction"]) for t in merged["trials"]] == [("simclr", 1.0), ("scratch", 0.1)]
+    assert merged["pretraining"]["simclr"]["steps"] == 500
+
+
+def test_reused_scratch_trials_must_be_in_the_report_before_any_run(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"no scratch trial for basicunet finetune 0\.25 seed 7"):
+        label_efficiency.run(
+            ["--dataset", "drive", "--methods", "jcl", "--fractions", "0.25", "--seeds", "7",
+             "--reuse-scratch", "--work", str(tmp_path)]
+        )  # fmt: skip
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_method_without_a_calibrated_budget_is_refused_before_any_run(tmp_path: Path) -> None:
