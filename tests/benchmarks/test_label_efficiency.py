@@ -84,3 +84,11 @@ def test_a_method_without_a_calibrated_budget_is_refused_before_any_run(tmp_path
     assert not any(tmp_path.iterdir())  # simclr, which has a budget, was not pretrained first
     with pytest.raises(SystemExit, match="unknown method"):
         label_efficiency.run(["--dataset", "drive", "--methods", "byol", "--work", str(tmp_path)])
+
+
+def test_a_pretraining_run_of_another_budget_is_not_reused(tmp_path: Path) -> None:
+    stats = tmp_path / "pretrain" / "simclr" / "benchmark.json"
+    stats.parent.mkdir(parents=True)
+    stats.write_text(json.dumps({"steps": 3, "minutes": 0.1}))
+    with pytest.raises(SystemExit, match=r"was pretrained with .* not \{'steps': 400\}"):
+        label_efficiency.run(["--dataset", "adrenalmnist3d", "--methods", "simclr", "--work", str(tmp_path)])
