@@ -54,7 +54,10 @@ def test_mixed_precision_trains_every_method(name, dims, precision, tmp_path):
     trainer = _trainer(
         tmp_path, precision=precision, accelerator=accelerator, max_steps=3, callbacks=[losses]
     )
-    trainer.fit(method, DataLoader(batches, batch_size=None))
+    # oneDNN's bf16 conv backward gave non-finite weight gradients at the tiny deepest 3D level on AVX512-BF16
+    # CPUs (most one-thread JCL runs on an AMD EPYC, none of 8 without oneDNN): a PyTorch kernel issue
+    with torch.backends.mkldnn.flags(enabled=accelerator != "cpu"):
+        trainer.fit(method, DataLoader(batches, batch_size=None))
     assert len(losses.losses) == 3
     assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses.losses)
     assert all(p.dtype == torch.float32 for p in method.parameters())  # master weights stay float32
