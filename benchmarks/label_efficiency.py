@@ -122,12 +122,8 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
     run = work / "pretrain" / method
     stats = run / "benchmark.json"
     extra = list(dataset.pretrain_args.get(method, ()))
-    budget = {"steps": steps} | ({"args": shlex.join(extra)} if extra else {})
-    if stats.is_file():
-        earlier = json.loads(stats.read_text())
-        if {k: v for k, v in earlier.items() if k != "minutes"} != budget:
-            sys.exit(f"{run} was pretrained with {earlier}, not {budget}: delete it or give another --work")
-    else:
+    budget = pretraining_budget(dataset, method, steps)
+    if not stats.is_file():
         for stale in (work / "compare").glob(f"*/{method}"):  # trials of an earlier pretraining run
             shutil.rmtree(stale)
         source = _pretraining_source(dataset, work)
@@ -150,6 +146,25 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
         minutes = (time.monotonic() - started) / 60
         stats.write_text(json.dumps(budget | {"minutes": round(minutes, 1)}) + "\n")
     return run, json.loads(stats.read_text())
+
+
+def pretraining_budget(dataset: Dataset, method: str, steps: int | None) -> dict:
+    """What a pretraining run is reused for: steps and extra options (its ``benchmark.json`` less minutes)."""
+    extra = dataset.pretrain_args.get(method, ())
+    return {"steps": steps} | ({"args": shlex.join(extra)} if extra else {})
+
+
+def stale_pretraining(dataset: Dataset, budgets: dict[str, int | None], work: Path) -> str | None:
+    """Why a pretraining folder under ``work`` cannot be reused for this budget, if one cannot."""
+    for method, steps in budgets.items():
+        stats = work / "pretrain" / method / "benchmark.json"
+        if stats.is_file():
+            earlier = json.loads(stats.read_text())
+            budget = pretraining_budget(dataset, method, steps)
+            if {k: v for k, v in earlier.items() if k != "minutes"} != budget:
+                why = f"was pretrained with {earlier}, not {budget}: delete it or use another --work"
+                return f"{stats.parent} {why}"
+    return None
 
 
 def compare(dataset: Dataset, backbone: str, runs: dict[str, Path], args: argparse.Namespace) -> list[dict]:
@@ -355,6 +370,9 @@ def run(argv: list[str] | None = None) -> None:
     missing = missing_scratch(dataset, args.methods, args) if args.reuse_scratch else []
     if missing:
         sys.exit(f"--reuse-scratch: the report has no scratch trial for {'; '.join(missing)}")
+    stale = stale_pretraining(dataset, budgets, args.work)  # before any run, like the refusals above
+    if stale:
+        sys.exit(stale)
     runs, pretraining = {}, {}
     for method, steps in budgets.items():
         runs[method], pretraining[method] = pretrain(dataset, method, args.work, steps)
