@@ -14,10 +14,14 @@ import torch
 from torch import Tensor
 
 T = TypeVar("T")
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def in_float32(loss: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``loss(*args, **kwargs)`` with autocast off and every floating tensor (or list of them) in float32."""
+    """``loss(*args, **kwargs)`` with autocast off and every bf16/fp16 tensor (or list of them) in float32.
+
+    float32 and float64 tensors are passed as they are: ``trainer.precision: 64-true`` keeps its losses in
+    float64."""
     with torch.autocast(device_type=_device_type([*args, *kwargs.values()]) or "cpu", enabled=False):
         return loss(*map(_float, args), **{k: _float(v) for k, v in kwargs.items()})
 
@@ -33,7 +37,7 @@ def _device_type(values: list[Any]) -> str:
 
 def _float(value: Any) -> Any:
     if isinstance(value, Tensor):
-        return value.float() if value.is_floating_point() else value
+        return value.float() if value.dtype in _HALF else value
     if isinstance(value, list | tuple):
         return type(value)(_float(v) for v in value)
     return value

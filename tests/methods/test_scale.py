@@ -82,6 +82,12 @@ def test_losses_run_in_float32_with_autocast_off():
     assert out.dtype == torch.float32
 
 
+def test_losses_stay_in_float64_under_64_true():
+    x = torch.rand(2, 4, dtype=torch.float64)
+    out = in_float32(lambda a, pair: (a @ pair[1].T).sum(), x, [x, x])
+    assert out.dtype == torch.float64  # not rounded down to float32
+
+
 def test_schedule_steps_once_per_optimiser_step_with_accumulation(tmp_path, tiny):
     torch.manual_seed(0)
     model = SimCLR(lr=0.1, warmup_epochs=1, min_lr_ratio=0.0, hidden_dim=8, projection_dim=4, **tiny)
