@@ -52,7 +52,7 @@ class Dataset:
     backbones: dict[str, str]  # method -> backbone part of its recipe names
     finetune: dict[str, str]  # backbone -> fine-tuning recipe
     #: method -> pretraining steps, calibrated to about 15-20 minutes of this machine's 2 CPU cores (measured
-    #: minutes are in the report; PneumoniaMNIST's SimCLR, run first, got more): the time budget per method,
+    #: minutes are in the report; PneumoniaMNIST's SimCLR, the reference method, gets about 35): the budget,
     #: given as steps so the LR schedule knows its length and a rerun repeats it
     pretrain_steps: dict[str, int]
     finetune_steps: int
