@@ -21,7 +21,7 @@ trials again (they must be in the report, with the same fine-tuning budget).
 
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods simclr moco dino mae
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods dino --reuse-scratch
-    python benchmarks/label_efficiency.py --dataset hippocampus --methods jcl --fractions 0.1
+    python benchmarks/label_efficiency.py --dataset hippocampus --methods jcl --fractions 0.01 0.1
 """
 
 from __future__ import annotations
