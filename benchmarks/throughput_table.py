@@ -11,6 +11,7 @@ and what training added to the RSS of the idle runtime (torch, MONAI, Lightning 
     python benchmarks/throughput_table.py                       # ~15 min on 2 quiet cores
     python benchmarks/throughput_table.py --quick               # smoke test: 2 recipes, batch 2
     python benchmarks/throughput_table.py --recipes simclr_resnet18_pneumoniamnist_2d --precisions 32-true
+    python benchmarks/throughput_table.py --recipes jcl_basicunet_hippocampus_3d --update  # one row
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 from bench_utils import (
+    RESULTS,
     StepTimer,
     environment,
     load_line,
@@ -149,7 +151,21 @@ def markdown(result: dict[str, Any]) -> str:
             added = c["peak_rss_mib"] - c["idle_rss_mib"]
             row += f"| {c['images_per_second']:.1f} | {c['peak_rss_mib']:.0f} | {added:.0f} "
         lines.append(row + "|")
+    for recipe, later in result.get("remeasured", {}).items():
+        load = load_line(later["environment"])
+        lines += ["", f"`{recipe}` remeasured later: `{later['command']}`; {load}."]
     return "\n".join([*lines, ""])
+
+
+def update_rows(earlier: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` with the rows of ``result`` replaced or added; each row keeps its own measuring load."""
+    if earlier["precisions"] != result["precisions"] or earlier["steps"] != result["steps"]:
+        raise SystemExit("--update: measure with the table's own --precisions and --steps")
+    merged = earlier | {"cells": earlier["cells"] | result["cells"]}
+    merged["recipes"] = list(dict.fromkeys([*earlier["recipes"], *result["recipes"]]))
+    later = {"environment": result["environment"], "command": result["command"]}
+    merged["remeasured"] = earlier.get("remeasured", {}) | {recipe: later for recipe in result["recipes"]}
+    return merged
 
 
 def main() -> None:
@@ -160,6 +176,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 recipes, batch 2, 1 step: checks the script")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--update", action="store_true", help="replace only these recipes' rows in the table")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,7 +200,10 @@ def main() -> None:
             speed, peak = cell["images_per_second"], cell["peak_rss_mib"]
             print(f"{recipe} {precision}: {speed:.1f} img/s, peak {peak:.0f} MiB")
     result["environment"]["load_average_after"] = list(os.getloadavg())
-    write_results("throughput_table", result, markdown(result), *([args.out] if args.out else []))
+    out = args.out or RESULTS
+    if args.update:
+        result = update_rows(json.loads((out / "throughput_table.json").read_text()), result)
+    write_results("throughput_table", result, markdown(result), out)
 
 
 if __name__ == "__main__":
