@@ -157,10 +157,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([*lines, ""])
 
 
+def earlier_table(out: Path, precisions: list[str], steps: int) -> dict[str, Any]:
+    """The table ``--update`` adds rows to, refused before any measuring if the rows would not compare."""
+    path = out / "throughput_table.json"
+    if not path.is_file():
+        raise SystemExit(f"--update: no table at {path} to update: run without --update first")
+    earlier = json.loads(path.read_text())
+    _refuse_other_settings(earlier, precisions, steps)
+    return earlier
+
+
+def _refuse_other_settings(earlier: dict[str, Any], precisions: list[str], steps: int) -> None:
+    if earlier["precisions"] != precisions or earlier["steps"] != steps:
+        raise SystemExit(
+            f"--update: the table was measured with --precisions {' '.join(earlier['precisions'])} "
+            f"--steps {earlier['steps']}; measure with the same"
+        )
+
+
 def update_rows(earlier: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """``earlier`` with the rows of ``result`` replaced or added; each row keeps its own measuring load."""
-    if earlier["precisions"] != result["precisions"] or earlier["steps"] != result["steps"]:
-        raise SystemExit("--update: measure with the table's own --precisions and --steps")
+    _refuse_other_settings(earlier, result["precisions"], result["steps"])
     merged = earlier | {"cells": earlier["cells"] | result["cells"]}
     merged["recipes"] = list(dict.fromkeys([*earlier["recipes"], *result["recipes"]]))
     later = {"environment": result["environment"], "command": result["command"]}
@@ -190,6 +207,10 @@ def main() -> None:
         args.recipes = ["simclr_resnet18_pneumoniamnist_2d", "mae_vit_tiny_hippocampus_3d"]
         args.precisions, args.steps = ["32-true"], 1
         overrides = ["--data.batch_size", "2", "--data.limit", "8"]
+    if args.update and args.quick:
+        parser.error("--update adds real measurements to the table: not with --quick")
+    out = args.out or RESULTS
+    earlier = earlier_table(out, args.precisions, args.steps) if args.update else None
     result: dict[str, Any] = {"environment": environment(args.threads), "command": command.strip()}
     result |= {"recipes": args.recipes, "precisions": args.precisions, "steps": args.steps, "cells": {}}
     for recipe in args.recipes:
@@ -200,9 +221,8 @@ def main() -> None:
             speed, peak = cell["images_per_second"], cell["peak_rss_mib"]
             print(f"{recipe} {precision}: {speed:.1f} img/s, peak {peak:.0f} MiB")
     result["environment"]["load_average_after"] = list(os.getloadavg())
-    out = args.out or RESULTS
-    if args.update:
-        result = update_rows(json.loads((out / "throughput_table.json").read_text()), result)
+    if earlier is not None:
+        result = update_rows(earlier, result)
     write_results("throughput_table", result, markdown(result), out)
 
 

@@ -55,3 +55,8 @@ def test_update_refuses_a_row_measured_differently():
     later = table({"a": cell(2.0, [64, 96, 64])}, 1.5, "python t.py") | {"steps": 5}
     with pytest.raises(SystemExit, match="--steps"):
         throughput_table.update_rows(earlier, later)
+
+
+def test_update_without_a_table_names_the_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match=r"no table at .*throughput_table\.json"):
+        throughput_table.earlier_table(tmp_path, ["32-true"], 3)
