@@ -5,11 +5,15 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medssl.evaluation.compare import SCRATCH
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 Key = tuple[str, str]  # (init, mode)
+MODE_TITLES = {"finetune": "fine-tuned", "frozen": "linear probe on frozen features"}
 
 
 def summarise(records: list[dict[str, Any]], metric: str) -> dict[Key, dict[float, list[float]]]:
@@ -60,34 +64,46 @@ def markdown(records: list[dict[str, Any]], metric: str, title: str) -> str:
 
 
 def plot(records: list[dict[str, Any]], metric: str, path: Path, title: str) -> Path:
-    """Metric vs label fraction (log axis), a curve per (init, mode) with +- std error bars."""
+    """:func:`figure` saved as a PNG at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure(records, metric, title).savefig(path)
+    return path
+
+
+def figure(records: list[dict[str, Any]], metric: str, title: str) -> Figure:
+    """Metric vs label fraction (log axis): a panel per mode, a curve per init (scratch dashed), +- std."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4), dpi=120, layout="constrained")
+    curves = summarise(records, metric)
+    modes = sorted({mode for _, mode in curves}, key=lambda m: (m != "finetune", m))
+    inits = sorted({init for init, _ in curves} - {SCRATCH})
+    colours = {SCRATCH: "black"} | {init: f"C{i}" for i, init in enumerate(inits)}  # one colour per init
+    fig = Figure(figsize=(4.5 * len(modes) + 1, 4), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)  # Agg, never pyplot: no display, no global figure state
-    axes = fig.subplots()
-    for (init, mode), by_fraction in sorted(summarise(records, metric).items()):
-        fractions = sorted(by_fraction)
-        stats = [mean_std(by_fraction[f]) for f in fractions]
-        label = init if mode == "finetune" else f"{init} ({mode})"
-        style = "--" if init == SCRATCH else "-"
-        axes.errorbar(
-            [100 * f for f in fractions], [m for m, _ in stats], yerr=[s for _, s in stats],
-            fmt=f"o{style}", capsize=3, label=label,
-        )  # fmt: skip
-    axes.set_xscale("log")
+    panels = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
     percents = sorted({100 * r["label_fraction"] for r in records})
-    axes.set_xticks(percents, labels=[f"{p:g}%" for p in percents])
-    axes.minorticks_off()
-    axes.set_xlabel("labelled training data (%)")
-    axes.set_ylabel(metric)
-    axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    axes.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    for axes, mode in zip(panels, modes, strict=True):
+        for init in [SCRATCH, *inits]:
+            by_fraction = curves.get((init, mode))
+            if not by_fraction:
+                continue
+            fractions = sorted(by_fraction)
+            stats = [mean_std(by_fraction[f]) for f in fractions]
+            axes.errorbar(
+                [100 * f for f in fractions], [m for m, _ in stats], yerr=[s for _, s in stats],
+                fmt="o--" if init == SCRATCH else "o-", color=colours[init], capsize=3, label=init,
+            )  # fmt: skip
+        axes.set_xscale("log")
+        axes.set_xticks(percents, labels=[f"{p:g}%" for p in percents])
+        axes.minorticks_off()
+        axes.set_xlabel("labelled training data (%)")
+        axes.set_title(MODE_TITLES.get(mode, mode))
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    panels[0].set_ylabel(metric)
+    fig.suptitle(title)
+    return fig
 
 
 def _cell(values: list[float], sign: bool = False) -> str:

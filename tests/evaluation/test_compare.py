@@ -6,7 +6,7 @@ from pathlib import Path
 
 from medssl.cli import main
 from medssl.evaluation.compare import plan, trial_args
-from medssl.evaluation.report import markdown, paired_gain, summarise
+from medssl.evaluation.report import figure, markdown, paired_gain, summarise
 from tests.finetune.test_classification import CLS_2D, TINY_ARG, _pretrain_run, write_npz
 
 
@@ -44,6 +44,16 @@ def test_report_gives_mean_std_and_the_paired_gain() -> None:
     std = math.sqrt(((0.6 - 0.65) ** 2 + (0.7 - 0.65) ** 2) / 1)  # sample std of the scratch seeds
     assert f"| 0.1 | 10 | 0.650 +- {std:.3f} (n=2) | 0.850 +- 0.141 (n=2) | +0.200 +- 0.071 (n=2) |" in table
     assert table.index("scratch") < table.index("ssl - scratch")
+
+
+def test_plot_has_a_panel_per_mode_and_one_colour_per_init_in_both() -> None:
+    records = _records() + [r | {"mode": "frozen", "metrics": {"test/auroc": 0.5}} for r in _records()]
+    panels = figure(records, "test/auroc", "t").axes
+    assert [p.get_title() for p in panels] == ["fine-tuned", "linear probe on frozen features"]
+    curves = [dict(zip(*reversed(p.get_legend_handles_labels()), strict=True)) for p in panels]
+    colours = [{init: bars.lines[0].get_color() for init, bars in c.items()} for c in curves]
+    assert colours[0] == colours[1] and colours[0]["scratch"] == "black" and colours[0]["ssl"] != "black"
+    assert [bars.lines[0].get_linestyle() for bars in curves[0].values()] == ["--", "-"]  # scratch dashed
 
 
 def _compare_args(tmp_path: Path, *extra: str) -> list[str]:
