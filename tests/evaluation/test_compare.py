@@ -50,7 +50,8 @@ def test_plot_has_a_panel_per_mode_and_one_colour_per_init_in_both() -> None:
     records = _records() + [r | {"mode": "frozen", "metrics": {"test/auroc": 0.5}} for r in _records()]
     panels = figure(records, "test/auroc", "t").axes
     assert [p.get_title() for p in panels] == ["fine-tuned", "linear probe on frozen features"]
-    curves = [dict(zip(*reversed(p.get_legend_handles_labels()), strict=True)) for p in panels]
+    legends = [p.get_legend_handles_labels() for p in panels]  # (error-bar containers, init names)
+    curves = [dict(zip(labels, handles, strict=True)) for handles, labels in legends]
     colours = [{init: bars.lines[0].get_color() for init, bars in c.items()} for c in curves]
     assert colours[0] == colours[1] and colours[0]["scratch"] == "black" and colours[0]["ssl"] != "black"
     assert [bars.lines[0].get_linestyle() for bars in curves[0].values()] == ["--", "-"]  # scratch dashed
