@@ -53,21 +53,22 @@ def test_moco_v2_learns_on_pneumoniamnist(real_data, tmp_path):
 
 @pytest.mark.learning
 def test_moco_v2_mochi_learns_on_adrenalmnist3d(real_data, tmp_path):
-    """MoCo v2 + MoCHi (the recipe; queue 256, 64 hard negatives mixed) for 5 epochs on 512 3D shapes.
+    """MoCo v2 + MoCHi (the recipe; queue 256, 64 hard negatives mixed) for 8 epochs on 512 3D shapes.
 
     MoCHi's synthetic negatives, half made from the query itself, keep the queue loss near its chance
     log(1 + 256 + 80) = 5.82 in a run this short; the in-batch InfoNCE (chance log 32 = 3.47) is the
-    measure. Measured: 3.45 -> 3.21 (queue loss 5.74 -> 5.75).
+    measure. Measured: 3.50 -> 3.36 with the recipe's views (crops from 0.6, flips along every axis; with
+    left-right flips only, an easier pretext whose features probed worse, 3.45 -> 3.21 in 5 epochs).
     """
     mochi = ["--model.init_args.mochi_top_k", "64", "--model.init_args.mochi_mix", "64"]
     mochi += ["--model.init_args.mochi_query_mix", "16"]
-    overrides = [*resnet10("{widen_factor: 0.25}"), *MOCO, *QUEUE, *mochi, *learning_run(512, 5)]
+    overrides = [*resnet10("{widen_factor: 0.25}"), *MOCO, *QUEUE, *mochi, *learning_run(512, 8)]
     in_batch = epoch_means(
         pretrain("moco_resnet18_adrenalmnist3d_3d", tmp_path / "run", *overrides), "train/loss_in_batch"
     )
-    assert len(in_batch) == 5
-    assert in_batch[-1] < math.log(32) - 0.15, in_batch
-    assert in_batch[-1] < in_batch[0] - 0.15, in_batch
+    assert len(in_batch) == 8
+    assert in_batch[-1] < math.log(32) - 0.08, in_batch
+    assert in_batch[-1] < in_batch[0] - 0.1, in_batch
 
 
 def test_moco_v3_learns_on_hippocampus(real_data, tmp_path):
