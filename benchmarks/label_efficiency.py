@@ -65,7 +65,14 @@ class Dataset:
     pretrain_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-CNN = {"simclr": "resnet18", "moco": "resnet18", "dino": "resnet18", "mae": "vit_tiny", "jcl": "basicunet"}
+CNN = {
+    "simclr": "resnet18",
+    "moco": "resnet18",
+    "dino": "resnet18",
+    "mae": "vit_tiny",
+    "jcl": "basicunet",
+    "mim": "basicunet",
+}
 DATASETS = {
     "pneumoniamnist": Dataset(
         name="pneumoniamnist_2d",

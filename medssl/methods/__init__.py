@@ -4,6 +4,7 @@ from medssl.methods.base import METHODS, SSLMethod
 from medssl.methods.dino import DINO
 from medssl.methods.jcl import JCL
 from medssl.methods.mae import MAE
+from medssl.methods.mim import MIM
 from medssl.methods.moco import MoCo
 from medssl.methods.simclr import SimCLR
 
@@ -13,4 +14,4 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["DINO", "JCL", "MAE", "METHODS", "MoCo", "SSLMethod", "SimCLR", "list_methods"]
+__all__ = ["DINO", "JCL", "MAE", "METHODS", "MIM", "MoCo", "SSLMethod", "SimCLR", "list_methods"]

@@ -33,6 +33,8 @@ class ViewAugment:
     Args:
         size: output size of the view per spatial axis (an int is used on every axis).
         min_scale: smallest crop side as a fraction of the image side (random resized crop).
+        max_scale: largest crop side as a fraction of the image side; below 1, crops of a large image
+            (e.g. a 565 px fundus photograph) keep about their native scale once resized to ``size``.
         flip_prob: probability of a flip along each axis of ``flip_axes``.
         flip_axes: the spatial axes that may be flipped; ``None``: every axis. Anatomy is rarely symmetric
             top-bottom: e.g. ``[1]`` flips a 2D image left-right only, ``[0]`` a RAS volume.
@@ -44,6 +46,7 @@ class ViewAugment:
 
     size: int | Sequence[int] = 32
     min_scale: float = 0.4
+    max_scale: float = 1.0
     flip_prob: float = 0.5
     flip_axes: Sequence[int] | None = None
     intensity: float = 0.2
@@ -54,8 +57,10 @@ class ViewAugment:
 
 def spatial_steps(name: str, augment: ViewAugment, spatial_dims: int) -> list:
     """Random resized crop to ``augment.size`` and random flips of the key ``name``."""
+    if not 0 < augment.min_scale <= augment.max_scale <= 1:
+        raise ValueError(f"crop scales must satisfy 0 < min_scale <= max_scale <= 1, got {augment}")
     steps: list = [
-        RandScaleCropd(name, roi_scale=augment.min_scale, max_roi_scale=1.0, random_size=True),
+        RandScaleCropd(name, roi_scale=augment.min_scale, max_roi_scale=augment.max_scale, random_size=True),
         Resized(name, spatial_size=per_axis(augment.size, spatial_dims), mode="area"),
     ]
     axes = range(spatial_dims) if augment.flip_axes is None else augment.flip_axes

@@ -56,3 +56,18 @@ def test_flip_axes_flips_only_the_named_axes(spatial_dims):
     assert torch.allclose(every["view_0"], image.flip(list(range(1, spatial_dims + 1))))
     with pytest.raises(ValueError, match=r"flip_axes \[2\] must be spatial axes 0\.\.1"):
         multi_view_transform([ViewAugment(flip_axes=[2])], 2)
+
+
+def test_max_scale_bounds_the_crop_side():
+    image = torch.arange(100 * 100, dtype=torch.float32).reshape(1, 100, 100)
+    fixed = dict(flip_prob=0.0, intensity=0.0, gamma=(1.0, 1.0), blur_prob=0.0, noise_std=0.0)
+    views = multi_view_transform([ViewAugment(size=20, min_scale=0.2, max_scale=0.2, **fixed)], 2)
+    for seed in range(3):
+        views.set_random_state(seed=seed)
+        view = views({"image": image})["view_0"]
+        # a 20 x 20 crop at native scale: neighbours along the last axis differ by 1, rows by 100
+        assert torch.equal(view[0, 0, 1:] - view[0, 0, :-1], torch.ones(19))
+        assert torch.equal(view[0, 1:, 0] - view[0, :-1, 0], torch.full((19,), 100.0))
+    for low, high in [(0.5, 0.4), (0.0, 0.4), (0.1, 1.5)]:
+        with pytest.raises(ValueError, match="min_scale <= max_scale"):
+            multi_view_transform([ViewAugment(min_scale=low, max_scale=high)], 2)
