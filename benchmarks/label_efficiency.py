@@ -105,7 +105,7 @@ DATASETS = {
         },
         # 64 x 96 x 64 views, 35 min in float32: level with scratch (README; the earlier 32 x 64 x 32 views,
         # 2000 steps / 31 min, were level too, 1000 steps 0.006 below)
-        pretrain_steps={"jcl": 450},
+        pretrain_steps={"jcl": 450, "mim": 1500},
         finetune_steps=600,
         val_every=100,
         modes=("finetune",),

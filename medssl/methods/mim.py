@@ -101,6 +101,11 @@ class MIM(SSLMethod):
                 f"MIM view size {size} must be a multiple of mask_patch {self.mask_patch} and of the U-Net's "
                 f"total stride {stride} on every axis"
             )
+        if math.prod(s // stride for s in size) < 2:
+            raise ValueError(
+                f"MIM view size {size} must be at least {2 * stride} on one axis: the U-Net's instance-normed "
+                "bottleneck needs more than one voxel"
+            )
         random_patch_mask((1, 1, *size), self.mask_patch, mask_ratio)  # raises on a ratio that keeps all/none
         self.mask_ratio, self.augment, self.save_reconstructions = mask_ratio, augment, save_reconstructions
         self.mask_token = nn.Parameter(torch.zeros(1, self.in_channels, *(1,) * self.spatial_dims))

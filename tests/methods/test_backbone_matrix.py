@@ -38,6 +38,7 @@ METHOD_OPTIONS = {
     },
     "mae": lambda dims: {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
     "jcl": lambda dims: {**HEADS, "scale": 0.5, "augment": ViewAugment(size=JCL_VIEW[dims])},
+    "mim": lambda dims: {"mask_patch": 8, "augment": ViewAugment(size=IMAGE[dims])},
 }
 SUPPORTED = {  # what the README's table says
     "simclr": {"resnet", "vit", "unet"},
@@ -45,6 +46,7 @@ SUPPORTED = {  # what the README's table says
     "dino": {"resnet", "vit", "unet"},
     "mae": {"vit"},
     "jcl": {"unet"},
+    "mim": {"unet"},
 }
 CASES = [(m, b, d) for m in SUPPORTED for b in BACKBONES for d in (2, 3)]
 

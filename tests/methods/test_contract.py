@@ -55,6 +55,11 @@ TINY = {
         "hidden_dim": 16,
         "projection_dim": 8,
     },
+    "mim": lambda dims: {
+        "backbone_kwargs": {"features": [4, 4, 8, 8, 16, 4]},
+        "mask_patch": 4,
+        "augment": ViewAugment(size=32 if dims == 2 else (16, 32, 16)),
+    },
     "simclr": lambda dims: {**RESNET, "hidden_dim": 16, "projection_dim": 8, "augment": ViewAugment(size=12)},
 }
 

@@ -110,6 +110,10 @@ def test_refuses_encoder_only_backbones_and_views_off_the_grid(tiny):
         MIM(backbone_kwargs={"features": FEATURES}, mask_patch=6, augment=ViewAugment(size=32))
     with pytest.raises(ValueError, match="total stride 16"):
         MIM(backbone_kwargs={"features": FEATURES}, mask_patch=4, augment=ViewAugment(size=24))
+    with pytest.raises(ValueError, match="more than one voxel"):
+        MIM(
+            backbone_kwargs={"features": FEATURES}, spatial_dims=3, mask_patch=4, augment=ViewAugment(size=16)
+        )
     with pytest.raises(ValueError, match="mask_ratio"):
         MIM(backbone_kwargs={"features": FEATURES}, mask_ratio=1.0, augment=ViewAugment(size=32))
 
