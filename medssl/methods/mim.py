@@ -103,7 +103,7 @@ class MIM(SSLMethod):
             )
         if math.prod(s // stride for s in size) < 2:
             raise ValueError(
-                f"MIM view size {size} must be at least {2 * stride} on one axis: the U-Net's instance-normed "
+                f"MIM view size {size} must be at least {2 * stride} on one axis: its instance-normed "
                 "bottleneck needs more than one voxel"
             )
         random_patch_mask((1, 1, *size), self.mask_patch, mask_ratio)  # raises on a ratio that keeps all/none
