@@ -73,6 +73,8 @@ CNN = {
     "jcl": "basicunet",
     "mim": "basicunet",
 }
+#: segmentation: every CNN method pretrains (the encoder of) the U-Net that is fine-tuned, one scratch baseline
+SEG = CNN | {"simclr": "basicunet", "moco": "basicunet", "dino": "basicunet"}
 DATASETS = {
     "pneumoniamnist": Dataset(
         name="pneumoniamnist_2d",
@@ -97,7 +99,7 @@ DATASETS = {
     ),
     "hippocampus": Dataset(
         name="hippocampus_3d",
-        backbones=CNN,
+        backbones=SEG,
         finetune={
             "resnet18": "seg_resnet18_hippocampus_3d",
             "vit_tiny": "seg_vit_tiny_hippocampus_3d",
@@ -105,14 +107,14 @@ DATASETS = {
         },
         # 64 x 96 x 64 views, 35 min in float32: level with scratch (README; the earlier 32 x 64 x 32 views,
         # 2000 steps / 31 min, were level too, 1000 steps 0.006 below)
-        pretrain_steps={"jcl": 450, "mim": 1500},
+        pretrain_steps={"jcl": 450, "mim": 1500, "simclr": 600, "moco": 500, "dino": 400},
         finetune_steps=600,
         val_every=100,
         modes=("finetune",),
     ),
     "drive": Dataset(
         name="drive_2d",
-        backbones=CNN,
+        backbones=SEG,
         finetune={"resnet18": "seg_resnet18_drive_2d", "basicunet": "seg_unet_drive_2d"},
         pretrain_steps={"jcl": 4000},
         finetune_steps=600,
