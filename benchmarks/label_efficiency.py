@@ -73,7 +73,7 @@ CNN = {
     "jcl": "basicunet",
     "mim": "basicunet",
 }
-#: segmentation: every CNN method pretrains (the encoder of) the U-Net that is fine-tuned, one scratch baseline
+#: segmentation: every CNN method pretrains (the encoder of) the fine-tuned U-Net: one scratch baseline
 SEG = CNN | {"simclr": "basicunet", "moco": "basicunet", "dino": "basicunet"}
 DATASETS = {
     "pneumoniamnist": Dataset(
