@@ -57,6 +57,17 @@ def test_another_finetuning_budget_replaces_everything(tmp_path: Path) -> None:
     assert label_efficiency.merge_earlier_pieces(new, path)["trials"] == new["trials"]
 
 
+def test_new_cpu_options_for_one_backbone_family_replace_only_its_trials(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    vit = trial("scratch", "frozen", 0.1, 0, 0.7) | {"backbone": "vit_tiny"}
+    path.write_text(json.dumps(payload([trial("scratch", "frozen", 0.1, 0, 0.8), vit])))
+    new = payload([trial("mae", "finetune", 1.0, 0, 0.9) | {"backbone": "vit_tiny"}])
+    new["cpu_backbones"] = {"vit_tiny": "{patch_size: 7}"}
+    merged = label_efficiency.merge_earlier_pieces(new, path)
+    kept = [(t["backbone"], t["init"]) for t in merged["trials"]]
+    assert kept == [("resnet18", "scratch"), ("vit_tiny", "mae")]
+
+
 def test_a_method_pretrained_again_replaces_its_own_trials_and_keeps_scratch(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
     earlier = [trial("scratch", "frozen", 0.1, 0, 0.8), trial("simclr", "frozen", 0.01, 0, 0.7)]
