@@ -308,13 +308,13 @@ def merge_earlier_pieces(payload: dict, path: Path) -> dict:
         for method, stats in payload["pretraining"].items()
         if earlier["pretraining"].get(method, stats) != stats
     }
-    kept = [
-        t
-        for t in earlier["trials"]
-        if t["init"] not in repretrained and same_backbone_options(earlier, payload, t["backbone"])
-    ]
+    families = {t["backbone"] for t in earlier["trials"]}
+    rebuilt = {b for b in families if not same_backbone_options(earlier, payload, b)}
+    kept = [t for t in earlier["trials"] if t["init"] not in repretrained and t["backbone"] not in rebuilt]
     if repretrained:
         print(f"{path.name}: {', '.join(sorted(repretrained))} pretrained again, earlier trials replaced")
+    if rebuilt:
+        print(f"{path.name}: {', '.join(sorted(rebuilt))} built with other options, earlier trials replaced")
 
     def key(trial: dict) -> tuple:
         return trial["backbone"], trial["init"], trial["mode"], trial["label_fraction"], trial["seed"]
