@@ -10,8 +10,8 @@ For one dataset of ``../shared/data`` (``MEDSSL_DATA_DIR``) and a list of method
    fine-tuning's fixed patient hold-out, DRIVE on its training folder.
 2. ``medssl compare`` per fine-tuning recipe (one per backbone family, shared by the methods that pretrain
    that backbone): fine-tune (and, for classification, the frozen-feature linear probe + kNN of ``medssl
-   evaluate``) from each method's weights and from scratch, at each label fraction x seed, for a fixed
-   number of steps whatever the fraction.
+   evaluate``; for segmentation, the decoder trained on the frozen encoder) from each method's weights and
+   from scratch, at each label fraction x seed, for a fixed number of steps whatever the fraction.
 3. ``results/label_efficiency_<dataset>.json`` (every trial, pretraining steps and minutes), ``.md`` (tables)
    and ``.png`` (metric vs label fraction).
 
@@ -114,7 +114,7 @@ DATASETS = {
         pretrain_steps={"jcl": 450, "mim": 1500, "simclr": 600, "moco": 500, "dino": 400},
         finetune_steps=600,
         val_every=100,
-        modes=("finetune",),
+        modes=("finetune", "frozen_encoder"),
     ),
     "drive": Dataset(
         name="drive_2d",
@@ -124,7 +124,7 @@ DATASETS = {
         pretrain_steps={"jcl": 4000, "mim": 3000, "simclr": 1500, "moco": 1200, "dino": 500},
         finetune_steps=600,
         val_every=100,
-        modes=("finetune",),
+        modes=("finetune", "frozen_encoder"),
     ),
 }
 
@@ -366,7 +366,12 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["simclr", "moco", "dino", "mae"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--modes", nargs="+", default=["finetune", "frozen"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["finetune", "frozen", "frozen_encoder"],
+        help="each dataset runs those it takes: finetune, frozen (classification), frozen_encoder (seg.)",
+    )
     parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="default: the dataset's calibrated budget per method"
     )
@@ -383,6 +388,8 @@ def run(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     dataset = DATASETS[args.dataset]
     args.work = args.work or Path("runs/label_efficiency") / args.dataset
+    if not set(dataset.modes) & set(args.modes):
+        sys.exit(f"{args.dataset} takes --modes {' '.join(dataset.modes)}")
     unknown = [m for m in args.methods if m not in dataset.backbones]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}: choose from {sorted(dataset.backbones)}")

@@ -30,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=["finetune", "linear_probe", "frozen"],
+        choices=["finetune", "linear_probe", "frozen", "frozen_encoder"],
         default=["finetune"],
-        help="finetune; linear_probe (head trained through the frozen backbone); frozen (medssl evaluate: "
-        "L-BFGS linear probe and kNN on cached features, seconds)",
+        help="finetune; classification: linear_probe (head trained through the frozen backbone), frozen "
+        "(medssl evaluate: L-BFGS linear probe and kNN on cached features, seconds); segmentation: "
+        "frozen_encoder (decoder and head trained on the frozen encoder)",
     )
     parser.add_argument("--metric", default=None, help="test metric to report (default: auroc / dice)")
     parser.add_argument("--no-scratch", action="store_true", help="leave out the from-scratch runs")

@@ -22,6 +22,11 @@ _RESULT = {False: "test_metrics.json", True: "frozen_metrics.json"}  # by "is th
 
 SCRATCH = "scratch"
 
+TASK_MODES = {  # what each task's trials can be
+    "classification": ("finetune", "linear_probe", "frozen"),  # frozen: medssl evaluate (L-BFGS probe, kNN)
+    "segmentation": ("finetune", "frozen_encoder"),  # frozen_encoder: decoder and head trained only
+}
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -29,7 +34,7 @@ class Trial:
 
     init: str  # "scratch" or the label of a pretrained source
     pretrained: str  # "none" or the source given to --model.pretrained
-    mode: str  # finetune | linear_probe (trained through the backbone) | frozen (medssl evaluate)
+    mode: str  # one of TASK_MODES[task]
     label_fraction: float
     seed: int
 
@@ -56,14 +61,9 @@ def plan(
     ]
 
 
-def trial_args(
-    trial: Trial, recipe: str, run_dir: Path, overrides: Sequence[str], *, classification: bool = True
-) -> list[str]:
-    """The ``medssl finetune`` arguments of a trial (the user's overrides cannot change what is swept).
-
-    Segmentation has one mode (fine-tuning the whole network): ``--model.mode`` is for classification only.
-    """
-    mode = ["--model.mode", trial.mode] if classification and trial.mode != "frozen" else []
+def trial_args(trial: Trial, recipe: str, run_dir: Path, overrides: Sequence[str]) -> list[str]:
+    """The ``medssl finetune`` arguments of a trial (the user's overrides cannot change what is swept)."""
+    mode = ["--model.mode", trial.mode] if trial.mode != "frozen" else []
     return [
         "--config",
         recipe,
@@ -89,9 +89,10 @@ def run_sweep(
     from medssl.commands import evaluate, finetune
     from medssl.commands.run_cli import UsageError
 
-    classification = finetune.recipe_task(["--config", recipe, *overrides]) == "classification"
-    if not classification and {t.mode for t in trials} != {"finetune"}:
-        raise UsageError("segmentation recipes are compared by fine-tuning only (--modes finetune)")
+    task = finetune.recipe_task(["--config", recipe, *overrides])
+    wrong = sorted({t.mode for t in trials} - set(TASK_MODES[task]))
+    if wrong:
+        raise UsageError(f"{task} recipes take --modes {' '.join(TASK_MODES[task])}, not {' '.join(wrong)}")
     records = []
     for number, trial in enumerate(trials, 1):
         run_dir = out / trial.folder
@@ -100,7 +101,7 @@ def run_sweep(
             if run_dir.exists():  # a trial that stopped half-way: start it again
                 shutil.rmtree(run_dir)
             with quiet_lightning():
-                args = trial_args(trial, recipe, run_dir, overrides, classification=classification)
+                args = trial_args(trial, recipe, run_dir, overrides)
                 (evaluate if trial.mode == "frozen" else finetune).run(args, verbose=False)
         records.append(_record(trial, run_dir))
         metric = default_metric(records)

@@ -13,7 +13,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 Key = tuple[str, str]  # (init, mode)
-MODE_TITLES = {"finetune": "fine-tuned", "frozen": "linear probe on frozen features"}
+MODE_TITLES = {
+    "finetune": "fine-tuned",
+    "frozen": "linear probe on frozen features",
+    "linear_probe": "linear head on the frozen backbone",
+    "frozen_encoder": "decoder on the frozen encoder",
+}
 
 
 def summarise(records: list[dict[str, Any]], metric: str) -> dict[Key, dict[float, list[float]]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -18,10 +18,10 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, compute_hausdorff_distance
 from monai.networks.utils import one_hot
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import BinaryAUROC
 
-from medssl.backbones import build_backbone
+from medssl.backbones import Backbone, EncoderDecoder, build_backbone
 from medssl.evaluation.overlays import SegmentationOverlay
 from medssl.finetune.decoders import SegmentationNet
 from medssl.finetune.pretrained import load_backbone_weights, pretrained_parameter_names, summary
@@ -29,6 +29,8 @@ from medssl.optim import skips_decay, warmup_cosine
 from medssl.reliability.divergence import LossGuard, NanPolicy
 
 log = logging.getLogger("medssl.finetune")
+
+Mode = Literal["finetune", "frozen_encoder"]
 
 
 def plain(t: Tensor) -> Tensor:
@@ -52,6 +54,14 @@ def hd95(pred: Tensor, mask: Tensor) -> Tensor:
     return torch.where(missed, torch.full_like(values, diagonal), values.to(pred.device))
 
 
+def encoder_modules(backbone: Backbone) -> list[nn.Module]:
+    """The modules of ``backbone`` that encode: all of it, less an encoder-decoder's decoder blocks."""
+    if not backbone.is_encoder_decoder:
+        return [backbone]
+    decoder = {id(block) for block in cast(EncoderDecoder, backbone).decoder_blocks}
+    return [module for module in backbone.children() if id(module) not in decoder]
+
+
 class SegmentationModule(pl.LightningModule):
     """Fine-tune a (pretrained) backbone with a segmentation decoder (``medssl.finetune.decoders``).
 
@@ -64,6 +74,11 @@ class SegmentationModule(pl.LightningModule):
     prediction and ground truth for Dice and HD95, so they count neither as hits nor as errors, and are left
     out of the AUROC.
 
+    ``mode="frozen_encoder"`` is the segmentation counterpart of a linear probe: the backbone's encoder is
+    frozen (and kept in eval mode), only the decoder and head train, so the score measures the encoder's
+    features rather than what fine-tuning makes of them. An encoder-decoder backbone (``unet``) trains its
+    own decoder blocks from their (pretrained) weights.
+
     Args:
         backbone: registered backbone name; encoder-decoder backbones (``unet``) keep their own decoder.
         backbone_kwargs: the backbone builder's options; ViTs need ``img_size`` = the patch size.
@@ -72,6 +87,7 @@ class SegmentationModule(pl.LightningModule):
         num_classes: output classes including background (mask values ``0 .. num_classes - 1``).
         class_names: names of the foreground classes for the logs; default ``1 .. num_classes - 1``.
         pretrained: a pretraining run dir, checkpoint or export dir; ``none`` trains from scratch.
+        mode: ``finetune`` (the whole network) or ``frozen_encoder`` (decoder and head only).
         feature_size: channels of the decoder's finest level (CNN and ViT decoders).
         lr: peak learning rate of the decoder, reached after the warm-up; cosine decay afterwards.
         backbone_lr_scale: the learning rate of the pretrained backbone tensors as a fraction of ``lr``;
@@ -99,6 +115,7 @@ class SegmentationModule(pl.LightningModule):
         num_classes: int = 2,
         class_names: list[str] | None = None,
         pretrained: str | None = None,
+        mode: Mode = "finetune",
         feature_size: int = 16,
         lr: float = 1e-3,
         backbone_lr_scale: float = 0.1,
@@ -118,6 +135,8 @@ class SegmentationModule(pl.LightningModule):
         names = class_names or [str(c) for c in range(1, num_classes)]
         if len(names) != num_classes - 1:
             raise ValueError(f"class_names needs {num_classes - 1} foreground names, got {names}")
+        if mode not in get_args(Mode):
+            raise ValueError(f"mode must be one of {', '.join(get_args(Mode))}, got {mode!r}")
         self.save_hyperparameters()
         self.class_names = names
         net_backbone = build_backbone(
@@ -127,6 +146,9 @@ class SegmentationModule(pl.LightningModule):
         self._pretrained = pretrained_parameter_names(self.load_report)
         log.info(summary(self.load_report))
         self.net = SegmentationNet(net_backbone, num_classes=num_classes, feature_size=feature_size)
+        self.frozen = encoder_modules(net_backbone) if mode == "frozen_encoder" else []
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.roi_size = tuple(roi_size) if roi_size else None
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
@@ -142,6 +164,10 @@ class SegmentationModule(pl.LightningModule):
         return self.net(x)  # (B, num_classes, *S)
 
     # --- steps -------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        for module in self.frozen:
+            module.eval()  # frozen: norm statistics and dropout stay those of inference
+
     def setup(self, stage: str) -> None:
         if self.roi_size is None:
             datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None

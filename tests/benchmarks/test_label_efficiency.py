@@ -93,6 +93,10 @@ def test_a_method_without_a_calibrated_budget_is_refused_before_any_run(tmp_path
     assert not any(tmp_path.iterdir())  # jcl, which has a budget, was not pretrained first
     with pytest.raises(SystemExit, match="unknown method"):
         label_efficiency.run(["--dataset", "drive", "--methods", "byol", "--work", str(tmp_path)])
+    with pytest.raises(SystemExit, match="drive takes --modes finetune frozen_encoder"):
+        label_efficiency.run(
+            ["--dataset", "drive", "--methods", "jcl", "--modes", "frozen", "--work", str(tmp_path)]
+        )
 
 
 def test_a_pretraining_run_of_another_budget_is_not_reused(tmp_path: Path) -> None:

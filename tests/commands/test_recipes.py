@@ -13,9 +13,9 @@ PRETRAIN = sorted((RECIPES / "pretrain").glob("*.yaml")) + sorted((RECIPES / "de
 FINETUNE = sorted((RECIPES / "finetune").glob("*.yaml")) + sorted((RECIPES / "demo").glob("seg_*.yaml"))
 
 
-def _print_config(command: str, recipe: Path, capsys) -> dict:
+def _print_config(command: str, recipe: Path, capsys, *extra: str) -> dict:
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--config", str(recipe), "--print_config"])
+        main([command, "--config", str(recipe), *extra, "--print_config"])
     assert exit_info.value.code in (0, None), capsys.readouterr().err
     return yaml.safe_load(capsys.readouterr().out)
 
@@ -40,3 +40,15 @@ def test_finetuning_recipes_parse_and_match_their_pretraining(recipe: Path, caps
     assert method["backbone"] == config["model"]["backbone"]
     assert (method.get("backbone_kwargs") or {}) == (config["model"]["backbone_kwargs"] or {})
     assert yaml.safe_load(source.read_text())["data"]["spatial_dims"] == config["data"]["spatial_dims"]
+
+
+def test_segmentation_recipes_take_the_frozen_encoder_mode_and_only_theirs(capsys) -> None:
+    recipe = RECIPES / "finetune" / "seg_unet_hippocampus_3d.yaml"
+    config = _print_config("finetune", recipe, capsys, "--model.mode", "frozen_encoder")
+    assert config["model"]["mode"] == "frozen_encoder"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--config", str(recipe), "--model.mode", "linear_probe", "--print_config"])
+    assert exit_info.value.code == 2
+    assert "Expected a typing.Literal['finetune', 'frozen_encoder']. Got value: linear_probe" in (
+        capsys.readouterr().err
+    )

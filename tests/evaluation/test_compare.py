@@ -24,6 +24,9 @@ def test_plan_pairs_every_pretrained_trial_with_a_scratch_trial() -> None:
         flags["--model.pretrained"] == "runs/a" and flags["--data.seed"] == flags["--seed_everything"] == "0"
     )
     assert flags["--data.label_fraction"] == "0.1" and flags["--trainer.max_epochs"] == "2"
+    assert flags["--model.mode"] == "finetune"
+    frozen = plan({"simclr": "runs/a"}, [0.1], seeds=[0], modes=["frozen_encoder", "frozen"])
+    assert [trial_args(t, "r.yaml", Path("x"), []).count("--model.mode") for t in frozen] == [1, 1, 0, 0]
 
 
 def _records() -> list[dict]:
@@ -104,6 +107,10 @@ def test_cli_refuses_what_it_cannot_compare(tmp_path: Path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().err
     assert main(_compare_args(tmp_path, "--data.label_fraction", "0.1")) == 2
     assert "sets --data.label_fraction itself" in capsys.readouterr().err
+    assert main(_compare_args(tmp_path, "--modes", "finetune", "frozen_encoder")) == 2
+    assert "classification recipes take --modes finetune linear_probe frozen, not frozen_encoder" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "compare").exists()
 
 

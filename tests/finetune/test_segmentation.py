@@ -271,3 +271,39 @@ def test_only_pretrained_tensors_get_the_backbone_lr_scale(tmp_path: Path) -> No
     assert all(lr == pytest.approx(1e-2) for name, lr in lrs.items() if not name.startswith("backbone."))
     scratch = _lr_of(SegmentationModule(pretrained="none", **options))
     assert all(lr == pytest.approx(1e-2) for lr in scratch.values())
+
+
+# --- frozen encoder ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "decoder_prefix"),
+    [("unet", TINY_UNET, "backbone.upcat_"), ("resnet10", TINY_RESNET, "decoder.")],
+)
+def test_frozen_encoder_trains_the_decoder_and_head_only(
+    tmp_path: Path, backbone: str, kwargs: dict, decoder_prefix: str
+) -> None:
+    """The encoder's tensors (and its norm statistics) stay as loaded; the decoder and the head move."""
+    pl.seed_everything(0, verbose=False)
+    root = write_blobs(tmp_path / "blobs", 2, count=6, size=32)
+    model = SegmentationModule(
+        backbone=backbone,
+        backbone_kwargs=kwargs,
+        spatial_dims=2,
+        mode="frozen_encoder",
+        lr=1e-2,
+        warmup_epochs=0,
+    )
+    before = {name: t.clone() for name, t in model.net.state_dict().items()}
+    dm = _datamodule(root, 2, batch_size=2, patch_size=(32, 32))
+    _trainer(tmp_path, 3).fit(model, datamodule=dm)
+    after = model.net.state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    trained = {name for name, p in model.net.named_parameters() if p.requires_grad}
+    encoder = {n for n in before if n.startswith("backbone.") and not n.startswith("backbone.upcat_")}
+    assert encoder and not encoder & moved  # weights and batch-norm running statistics alike
+    assert not encoder & trained
+    assert any(name.startswith(decoder_prefix) for name in moved) and any("out" in name for name in moved)
+
+
+def test_an_unknown_segmentation_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode must be one of finetune, frozen_encoder, got 'linear_probe'"):
+        SegmentationModule(backbone="unet", spatial_dims=2, mode="linear_probe")  # type: ignore[arg-type]
