@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from medssl.commands.run_cli import UsageError
+from medssl.evaluation.compare import TASK_MODES
 
 SWEPT = ("--model.pretrained", "--model.mode", "--data.label_fraction", "--data.seed", "--seed_everything")
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=["finetune", "linear_probe", "frozen", "frozen_encoder"],
+        choices=list(dict.fromkeys(mode for modes in TASK_MODES.values() for mode in modes)),
         default=["finetune"],
         help="finetune; classification: linear_probe (head trained through the frozen backbone), frozen "
         "(medssl evaluate: L-BFGS linear probe and kNN on cached features, seconds); segmentation: "
