@@ -36,12 +36,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+
 from medssl.cli import main as medssl
 from medssl.data.paths import data_dir
+from medssl.data.readers import LoadItemd
 from medssl.evaluation import report
+from medssl.finetune.seg_data import paired_folders
 from medssl.recipes_dir import recipes_dir
 
 HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class SecondReading:
+    """A second expert's masks of the test images (folders under the data folder): human agreement."""
+
+    first: str  # the test labels models are scored against
+    second: str
+    fov: str | None = None  # scored inside this field of view, as the models are
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class Dataset:
     cpu_backbones: dict[str, str] = field(default_factory=dict)
     #: method -> more ``medssl pretrain`` options for this short budget (recorded in the results)
     pretrain_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    second_reading: SecondReading | None = None
 
 
 CNN = {
@@ -125,6 +141,7 @@ DATASETS = {
         finetune_steps=600,
         val_every=100,
         modes=("finetune", "frozen_encoder"),
+        second_reading=SecondReading("DRIVE/test/1st_manual", "DRIVE/test/2nd_manual", "DRIVE/test/mask"),
     ),
 }
 
@@ -214,6 +231,23 @@ def compare(dataset: Dataset, backbone: str, runs: dict[str, Path], args: argpar
     return trials
 
 
+def second_reader_dice(reading: SecondReading, root: Path) -> dict:
+    """The second expert's Dice against the test labels, per image as the models are scored (mean, std)."""
+    fov = root / reading.fov if reading.fov else None
+    items = paired_folders(root / reading.first, root / reading.second, fov)
+    load = LoadItemd(["image", "mask", "fov"], allow_missing_keys=True)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    for item in items:  # paired_folders: "image" = the first expert's mask, "mask" = the second's
+        case = load(item)
+        inside = case["fov"] > 0 if "fov" in case else torch.ones_like(case["image"], dtype=torch.bool)
+        truth, other = ((case[key] > 0) & inside for key in ("image", "mask"))
+        dice(one_hot(other[None].long(), 2), one_hot(truth[None].long(), 2))
+    per_image = dice.aggregate()
+    assert isinstance(per_image, torch.Tensor)
+    mean, std = report.mean_std(per_image.flatten().tolist())
+    return {"dice": round(mean, 4), "std": round(std, 4), "images": len(items), "masks": reading.second}
+
+
 def _pretraining_source(dataset: Dataset, work: Path) -> Path | None:
     """Hippocampus: a CSV of the cases outside the fine-tuning test hold-out; others: the recipe's own."""
     if dataset.name != "hippocampus_3d":
@@ -261,6 +295,8 @@ def write_report(
         "finetune_args": args.finetune_args,
         "trials": trials,
     }
+    if dataset.second_reading:
+        payload["second_reader"] = second_reader_dice(dataset.second_reading, data_dir())
     payload = merge_earlier_pieces(payload, out.with_suffix(".json"))
     trials, pretraining = payload["trials"], payload["pretraining"]
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -270,8 +306,10 @@ def write_report(
         f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps"
         + (f" with `{args.finetune_args}`." if args.finetune_args else "."),
         *(f"`{name}`: `backbone_kwargs: {kw}` (CPU budget)." for name, kw in dataset.cpu_backbones.items()),
+        *([human_line(payload["second_reader"])] if "second_reader" in payload else []),
         "",
     ]
+    references = {"second annotator": payload["second_reader"]["dice"]} if "second_reader" in payload else {}
     families = list(dict.fromkeys(t["backbone"] for t in trials))
     for backbone in families:  # one table and plot per backbone family: its own scratch baseline
         group = [t for t in trials if t["backbone"] == backbone]
@@ -283,10 +321,17 @@ def write_report(
         if metric == "test/dice" and all("test/auroc" in t["metrics"] for t in group):  # one class: DRIVE
             lines.append(report.markdown(group, "test/auroc", "pixel AUROC").split("\n", 2)[2])
         png = out.with_suffix(".png") if len(families) == 1 else out.parent / f"{out.name}_{backbone}.png"
-        report.plot(group, metric, png, title)
+        report.plot(group, metric, png, title, references)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written: {out}.json / .md / .png")
+
+
+def human_line(agreement: dict) -> str:
+    return (
+        f"Second annotator (`{agreement['masks']}` against the test labels, scored like the models): Dice"
+        f" {agreement['dice']:.3f} +- {agreement['std']:.3f} over {agreement['images']} images."
+    )
 
 
 def merge_earlier_pieces(payload: dict, path: Path) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,15 +69,22 @@ def markdown(records: list[dict[str, Any]], metric: str, title: str) -> str:
     return "\n".join(lines)
 
 
-def plot(records: list[dict[str, Any]], metric: str, path: Path, title: str) -> Path:
+def plot(
+    records: list[dict[str, Any]], metric: str, path: Path, title: str, references: Mapping[str, float] | None = None
+) -> Path:
     """:func:`figure` saved as a PNG at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure(records, metric, title).savefig(path)
+    figure(records, metric, title, references).savefig(path)
     return path
 
 
-def figure(records: list[dict[str, Any]], metric: str, title: str) -> Figure:
-    """Metric vs label fraction (log axis): a panel per mode, a curve per init (scratch dashed), +- std."""
+def figure(
+    records: list[dict[str, Any]], metric: str, title: str, references: Mapping[str, float] | None = None
+) -> Figure:
+    """Metric vs label fraction (log axis): a panel per mode, a curve per init (scratch dashed), +- std.
+
+    ``references``: levels drawn across every panel as dotted grey lines (e.g. a second annotator's Dice).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -99,6 +107,8 @@ def figure(records: list[dict[str, Any]], metric: str, title: str) -> Figure:
                 [100 * f for f in fractions], [m for m, _ in stats], yerr=[s for _, s in stats],
                 fmt="o--" if init == SCRATCH else "o-", color=colours[init], capsize=3, label=init,
             )  # fmt: skip
+        for i, (name, level) in enumerate((references or {}).items()):
+            axes.axhline(level, color="grey", linestyle=":" if i == 0 else "-.", label=name)
         axes.set_xscale("log")
         axes.set_xticks(percents, labels=[f"{p:g}%" for p in percents])
         axes.minorticks_off()

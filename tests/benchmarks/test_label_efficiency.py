@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import medssl
@@ -105,3 +106,21 @@ def test_a_pretraining_run_of_another_budget_is_not_reused(tmp_path: Path) -> No
     stats.write_text(json.dumps({"steps": 3, "minutes": 0.1}))
     with pytest.raises(SystemExit, match=r"was pretrained with .* not \{'steps': 400\}"):
         label_efficiency.run(["--dataset", "adrenalmnist3d", "--methods", "simclr", "--work", str(tmp_path)])
+
+
+def test_second_reader_dice_is_scored_inside_the_field_of_view_per_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    first, second, fov = (np.zeros((2, 8, 8), np.uint8) for _ in range(3))
+    first[:, :4], fov[:, :, :6] = 255, 255  # image 0: the same vessels, image 1: half of them
+    second[0], second[1, :2] = first[0], 255
+    second[:, :, 6:] = 255  # outside the field of view: ignored
+    for name, masks in {"first": first, "second": second, "fov": fov}.items():
+        (tmp_path / name).mkdir()
+        for case in (0, 1):
+            Image.fromarray(masks[case]).save(tmp_path / name / f"{case + 1:02d}_{name}.gif")
+    reading = label_efficiency.SecondReading("first", "second", "fov")
+    got = label_efficiency.second_reader_dice(reading, tmp_path)
+    half = 2 * 12 / (24 + 12)  # image 1: 12 of the first reader's 24 pixels inside the FOV
+    assert got["images"] == 2 and got["dice"] == round((1 + half) / 2, 4)
+    assert "Dice 0.833 +- 0.236 over 2 images" in label_efficiency.human_line(got)

@@ -60,6 +60,14 @@ def test_plot_has_a_panel_per_mode_and_one_colour_per_init_in_both() -> None:
     assert [bars.lines[0].get_linestyle() for bars in curves[0].values()] == ["--", "-"]  # scratch dashed
 
 
+def test_plot_draws_each_reference_level_across_every_panel() -> None:
+    records = _records() + [r | {"mode": "frozen"} for r in _records()]
+    panels = figure(records, "test/auroc", "t", references={"second annotator": 0.8}).axes
+    for axes in panels:
+        lines = [line for line in axes.get_lines() if line.get_label() == "second annotator"]
+        assert len(lines) == 1 and list(lines[0].get_ydata()) == [0.8, 0.8]
+
+
 def _compare_args(tmp_path: Path, *extra: str) -> list[str]:
     source = write_npz(tmp_path / "tiny.npz", 2)
     return [
