@@ -70,7 +70,11 @@ def markdown(records: list[dict[str, Any]], metric: str, title: str) -> str:
 
 
 def plot(
-    records: list[dict[str, Any]], metric: str, path: Path, title: str, references: Mapping[str, float] | None = None
+    records: list[dict[str, Any]],
+    metric: str,
+    path: Path,
+    title: str,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
     """:func:`figure` saved as a PNG at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
