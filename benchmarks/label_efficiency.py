@@ -306,7 +306,7 @@ def write_report(
         f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps"
         + (f" with `{args.finetune_args}`." if args.finetune_args else "."),
         *(f"`{name}`: `backbone_kwargs: {kw}` (CPU budget)." for name, kw in dataset.cpu_backbones.items()),
-        *([human_line(payload["second_reader"])] if "second_reader" in payload else []),
+        *([second_reader_line(payload["second_reader"])] if "second_reader" in payload else []),
         "",
     ]
     references = {"second annotator": payload["second_reader"]["dice"]} if "second_reader" in payload else {}
@@ -327,7 +327,7 @@ def write_report(
     print(f"written: {out}.json / .md / .png")
 
 
-def human_line(agreement: dict) -> str:
+def second_reader_line(agreement: dict) -> str:
     return (
         f"Second annotator (`{agreement['masks']}` against the test labels, scored like the models): Dice"
         f" {agreement['dice']:.3f} +- {agreement['std']:.3f} over {agreement['images']} images."

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.transforms import Compose, Orientationd
+from monai.transforms import Compose
 
 from medssl.data.datalist import Item
+from medssl.data.preprocess import to_ras
 from medssl.data.readers import LoadItemd, read_header
 from medssl.data.validation import Problem, find_leaks, find_problems, format_report
 from medssl.evaluation.figures import as_numpy, display_plane, grid, overlay, to_rgb
@@ -27,7 +28,6 @@ log = logging.getLogger("medssl.data")
 
 PERCENTILES = (0.5, 99.5)
 OUTLIER_FACTOR = 10
-RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI's default, given to keep it from warning
 
 
 @dataclass
@@ -154,7 +154,7 @@ def load_sample(items: Sequence[Item], spatial_dims: int) -> tuple[list[Loaded],
     keys = ["image", "mask"]
     steps: list = [LoadItemd(keys, allow_missing_keys=True)]
     if spatial_dims == 3:
-        steps.append(Orientationd(keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=True))
+        steps.append(to_ras(keys, allow_missing_keys=True))
     load = Compose(steps)
     loaded, problems = [], []
     for item in items:

@@ -8,12 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai.config import KeysCollection
 from monai.transforms import Compose, Orientationd, ResizeWithPadOrCropd, Spacingd
 
 from medssl.data.paths import cache_dir as default_cache_dir
 from medssl.data.readers import LoadItemd
 from medssl.data.validation import DatalistError, Problem
 from medssl.transforms.intensity import intensity_transform
+
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI's default, given to keep it from warning
+
+
+def to_ras(keys: KeysCollection, *, allow_missing_keys: bool = False) -> Orientationd:
+    """Reorient ``keys`` to RAS (3D volumes; world orientation from each image's affine)."""
+    return Orientationd(keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=allow_missing_keys)
 
 
 def preprocess_transform(
@@ -27,7 +35,7 @@ def preprocess_transform(
     """Load ``image``; orient to RAS and resample (3D); intensity preset; pad/crop to ``spatial_size``."""
     steps: list = [LoadItemd("image")]
     if spatial_dims == 3:
-        steps.append(Orientationd("image", axcodes="RAS"))
+        steps.append(to_ras("image"))
         if spacing:
             steps.append(Spacingd("image", pixdim=tuple(spacing), mode="bilinear"))
     steps.append(intensity_transform(intensity, ["image"], ct_window=ct_window))

@@ -23,7 +23,6 @@ from monai.transforms import (
     AsDiscreted,
     Compose,
     MapLabelValued,
-    Orientationd,
     RandCropByPosNegLabeld,
     RandFlipd,
     Spacingd,
@@ -35,6 +34,7 @@ from medssl.data.content import MaskRules
 from medssl.data.datalist import Item, load_datalist
 from medssl.data.fractions import select_label_fraction
 from medssl.data.paths import cache_dir, resolve_source
+from medssl.data.preprocess import to_ras
 from medssl.data.readers import IMAGE_SUFFIXES, LoadItemd, has_suffix
 from medssl.data.resumable import DataOrder
 from medssl.data.splits import split_train_val
@@ -250,7 +250,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         keys = list(keys)
         steps: list = [LoadItemd(keys)]
         if self.spatial_dims == 3:
-            steps.append(Orientationd(keys, axcodes="RAS"))
+            steps.append(to_ras(keys))
             if hp["spacing"]:
                 modes = ["bilinear" if k == "image" else "nearest" for k in keys]
                 steps.append(Spacingd(keys, pixdim=hp["spacing"], mode=modes))
