@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shlex
 import shutil
 import sys
@@ -38,13 +39,13 @@ from pathlib import Path
 
 import torch
 from monai.metrics import DiceMetric
-from monai.networks.utils import one_hot
 
 from medssl.cli import main as medssl
 from medssl.data.paths import data_dir
 from medssl.data.readers import LoadItemd
 from medssl.evaluation import report
 from medssl.finetune.seg_data import paired_folders
+from medssl.finetune.segmentation import scored_one_hot
 from medssl.recipes_dir import recipes_dir
 
 HERE = Path(__file__).resolve().parent
@@ -231,21 +232,28 @@ def compare(dataset: Dataset, backbone: str, runs: dict[str, Path], args: argpar
     return trials
 
 
-def second_reader_dice(reading: SecondReading, root: Path) -> dict:
-    """The second expert's Dice against the test labels, per image as the models are scored (mean, std)."""
+def second_reader_dice(reading: SecondReading, root: Path) -> dict | None:
+    """The second expert's Dice against the test labels, scored per image like the models (mean, std).
+
+    None, with a note, when this copy of the dataset has no second expert's masks.
+    """
+    if not (root / reading.second).is_dir():
+        print(f"no second annotation at {root / reading.second}: the report has no human reference")
+        return None
     fov = root / reading.fov if reading.fov else None
     items = paired_folders(root / reading.first, root / reading.second, fov)
     load = LoadItemd(["image", "mask", "fov"], allow_missing_keys=True)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     for item in items:  # paired_folders: "image" = the first expert's mask, "mask" = the second's
         case = load(item)
-        inside = case["fov"] > 0 if "fov" in case else torch.ones_like(case["image"], dtype=torch.bool)
-        truth, other = ((case[key] > 0) & inside for key in ("image", "mask"))
-        dice(one_hot(other[None].long(), 2), one_hot(truth[None].long(), 2))
+        truth, other = ((case[key][None] > 0).long() for key in ("image", "mask"))  # (1, 1, *S)
+        inside = case["fov"][None] > 0 if "fov" in case else None
+        dice(*scored_one_hot(other, truth, inside, classes=2))
     per_image = dice.aggregate()
     assert isinstance(per_image, torch.Tensor)
-    mean, std = report.mean_std(per_image.flatten().tolist())
-    return {"dice": round(mean, 4), "std": round(std, 4), "images": len(items), "masks": reading.second}
+    scored = [value for value in per_image.flatten().tolist() if not math.isnan(value)]  # NaN: no vessel
+    mean, std = report.mean_std(scored)
+    return {"dice": round(mean, 4), "std": round(std, 4), "images": len(scored), "masks": reading.second}
 
 
 def _pretraining_source(dataset: Dataset, work: Path) -> Path | None:
@@ -295,8 +303,9 @@ def write_report(
         "finetune_args": args.finetune_args,
         "trials": trials,
     }
-    if dataset.second_reading:
-        payload["second_reader"] = second_reader_dice(dataset.second_reading, data_dir())
+    agreement = second_reader_dice(dataset.second_reading, data_dir()) if dataset.second_reading else None
+    if agreement:
+        payload["second_reader"] = agreement
     payload = merge_earlier_pieces(payload, out.with_suffix(".json"))
     trials, pretraining = payload["trials"], payload["pretraining"]
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -306,10 +315,10 @@ def write_report(
         f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps"
         + (f" with `{args.finetune_args}`." if args.finetune_args else "."),
         *(f"`{name}`: `backbone_kwargs: {kw}` (CPU budget)." for name, kw in dataset.cpu_backbones.items()),
-        *([second_reader_line(payload["second_reader"])] if "second_reader" in payload else []),
+        *([second_reader_line(agreement)] if agreement else []),
         "",
     ]
-    references = {"second annotator": payload["second_reader"]["dice"]} if "second_reader" in payload else {}
+    references = {"second annotator": agreement["dice"]} if agreement else {}
     families = list(dict.fromkeys(t["backbone"] for t in trials))
     for backbone in families:  # one table and plot per backbone family: its own scratch baseline
         group = [t for t in trials if t["backbone"] == backbone]

@@ -62,6 +62,16 @@ def encoder_modules(backbone: Backbone) -> list[nn.Module]:
     return [module for module in backbone.children() if id(module) not in decoder]
 
 
+def scored_one_hot(pred: Tensor, mask: Tensor, fov: Tensor | None, classes: int) -> tuple[Tensor, Tensor]:
+    """One-hot ``(B, K, *S)`` prediction and truth from label maps ``(B, 1, *S)``, as Dice and HD95 see them.
+
+    Outside the field of view ``fov`` (bool, like ``mask``; None: everywhere inside) both are background.
+    """
+    if fov is not None:
+        pred, mask = pred * fov, mask * fov
+    return one_hot(pred, classes), one_hot(mask, classes)
+
+
 class SegmentationModule(pl.LightningModule):
     """Fine-tune a (pretrained) backbone with a segmentation decoder (``medssl.finetune.decoders``).
 
@@ -229,10 +239,7 @@ class SegmentationModule(pl.LightningModule):
             else:
                 truth = mask
             self.auroc.update(foreground.flatten(), truth.flatten().long())
-        if fov is not None:
-            pred, mask = pred * fov, mask * fov
-        classes = self.hparams["num_classes"]
-        pred_1h, mask_1h = one_hot(pred, classes), one_hot(mask, classes)  # (B, K, *S)
+        pred_1h, mask_1h = scored_one_hot(pred, mask, fov, self.hparams["num_classes"])
         self.dice(pred_1h, mask_1h)
         if stage == "test" or self.hparams["val_hd95"]:
             self.hd95.append(hd95(pred_1h, mask_1h))

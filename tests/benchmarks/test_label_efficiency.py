@@ -124,3 +124,8 @@ def test_second_reader_dice_is_scored_inside_the_field_of_view_per_image(tmp_pat
     half = 2 * 12 / (24 + 12)  # image 1: 12 of the first reader's 24 pixels inside the FOV
     assert got["images"] == 2 and got["dice"] == round((1 + half) / 2, 4)
     assert "Dice 0.833 +- 0.236 over 2 images" in label_efficiency.second_reader_line(got)
+
+
+def test_a_dataset_copy_without_second_annotation_gets_no_human_reference(tmp_path: Path) -> None:
+    reading = label_efficiency.SecondReading("first", "second")
+    assert label_efficiency.second_reader_dice(reading, tmp_path) is None
