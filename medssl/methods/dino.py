@@ -55,6 +55,8 @@ class DINO(SSLMethod):
         local_augment: how the local crops are made (``min_scale`` .. ``local_max_scale``).
         num_local: number of local crops per image.
         local_max_scale: largest local crop side as a fraction of the image side.
+        view_region: side fraction of one random window per image that every crop is cut from (the crop
+            scales are then fractions of the window): below 1, the crops of a large image overlap.
         **base: the ``SSLMethod`` options (backbone, spatial_dims, optimiser, ...).
     """
 
@@ -77,6 +79,7 @@ class DINO(SSLMethod):
         local_augment: ViewAugment = ViewAugment(size=16, min_scale=0.2),
         num_local: int = 6,
         local_max_scale: float = 0.5,
+        view_region: float = 1.0,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -84,6 +87,7 @@ class DINO(SSLMethod):
         self.local_augment = local_augment
         self.num_local = num_local
         self.local_max_scale = local_max_scale
+        self.view_region = view_region
         self.momentum_start = momentum_start
         _check_crop_sizes(self.backbone, {"global": global_augment.size, "local": local_augment.size})
         head_options = (self.backbone.num_features, hidden_dim, bottleneck_dim, output_dim, batch_norm)
@@ -107,7 +111,12 @@ class DINO(SSLMethod):
 
     def view_transform(self) -> Compose:
         return multi_crop_transform(
-            self.global_augment, self.local_augment, self.num_local, self.spatial_dims, self.local_max_scale
+            self.global_augment,
+            self.local_augment,
+            self.num_local,
+            self.spatial_dims,
+            self.local_max_scale,
+            region=self.view_region,
         )
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -52,6 +52,8 @@ class MoCo(SSLMethod):
         mochi_mix: synthetic negatives per query mixed from two hard negatives.
         mochi_query_mix: synthetic negatives per query mixed from the query and one hard negative.
         augment: how each of the two views is made.
+        view_region: side fraction of one random window per image that both views are cut from (their
+            crop scales are then fractions of the window): below 1, small crops of a large image overlap.
         **base: the ``SSLMethod`` options (backbone, spatial_dims, optimiser, ...).
     """
 
@@ -70,12 +72,14 @@ class MoCo(SSLMethod):
         mochi_mix: int = 1024,
         mochi_query_mix: int = 128,
         augment: ViewAugment = ViewAugment(),
+        view_region: float = 1.0,
         **base: Any,
     ) -> None:
         super().__init__(**base)
         self.mochi_sizes = (mochi_top_k, mochi_mix, mochi_query_mix)
         queue = _check_options(version, queue_size, mochi, self.mochi_sizes)
         self.temperature, self.mochi, self.augment = temperature, mochi, augment
+        self.view_region = view_region
         self.momentum = (momentum_start, momentum_end)
         v3 = version == "v3"
         self.projection_head = MoCoProjectionHead(
@@ -94,7 +98,7 @@ class MoCo(SSLMethod):
             _persist_buffers(self.criterion.memory_bank, "bank", "bank_ptr")  # lightly: non-persistent
 
     def view_transform(self) -> Compose:
-        return multi_view_transform([self.augment, self.augment], self.spatial_dims)
+        return multi_view_transform([self.augment, self.augment], self.spatial_dims, region=self.view_region)
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.key_backbone), (self.projection_head, self.key_projection_head)]

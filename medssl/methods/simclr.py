@@ -27,6 +27,8 @@ class SimCLR(SSLMethod):
         hidden_dim: width of the projection MLP.
         projection_dim: size of the projected embedding the loss compares.
         augment: how each of the two views is made.
+        view_region: side fraction of one random window per image that both views are cut from (their
+            crop scales are then fractions of the window): below 1, small crops of a large image overlap.
         **base: the ``SSLMethod`` options (backbone, spatial_dims, optimiser, ...).
     """
 
@@ -37,15 +39,16 @@ class SimCLR(SSLMethod):
         hidden_dim: int = 512,
         projection_dim: int = 128,
         augment: ViewAugment = ViewAugment(),
+        view_region: float = 1.0,
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        self.augment = augment
+        self.augment, self.view_region = augment, view_region
         self.projection_head = SimCLRProjectionHead(self.backbone.num_features, hidden_dim, projection_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     def view_transform(self) -> Compose:
-        return multi_view_transform([self.augment, self.augment], self.spatial_dims)
+        return multi_view_transform([self.augment, self.augment], self.spatial_dims, region=self.view_region)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         views = torch.cat([batch["view_0"], batch["view_1"]])  # (2B, C, *spatial): one forward pass

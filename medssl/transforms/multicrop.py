@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from monai.transforms import Compose, CopyItemsd, EnsureTyped, RandScaleCropd, SelectItemsd
 
-from medssl.transforms.views import ViewAugment, view_transform
+from medssl.transforms.views import ViewAugment, shared_region, view_transform
 
 NUM_GLOBAL = 2
 
@@ -24,13 +24,15 @@ def multi_crop_transform(
     spatial_dims: int,
     local_max_scale: float = 0.5,
     source: str = "image",
+    region: float = 1.0,
 ) -> Compose:
     """Turn ``{source: image}`` into ``global_0``, ``global_1``, ``local_0`` .. ``local_{num_local-1}``.
 
     A global crop side is ``global_augment.min_scale``..1 of the image side; a local crop side is
     ``local_augment.min_scale``..``local_max_scale``: a fixed ``local_max_scale`` window at a random
     place, then ``view_transform``'s random resized crop inside it. Every crop has its own transform
-    instance, hence its own random crop, flips and intensity change.
+    instance, hence its own random crop, flips and intensity change. With ``region`` below 1 every crop is
+    cut from one random window of that side fraction, and the scales above are fractions of the window.
     """
     if not 0 < local_augment.min_scale <= local_max_scale <= 1:
         raise ValueError(
@@ -42,7 +44,10 @@ def multi_crop_transform(
     globals_ = [f"global_{i}" for i in range(NUM_GLOBAL)]
     locals_ = [f"local_{i}" for i in range(num_local)]
     inner = dataclasses.replace(local_augment, min_scale=local_augment.min_scale / local_max_scale)
-    steps: list = [CopyItemsd(source, times=len(globals_ + locals_), names=globals_ + locals_)]
+    steps: list = [
+        *shared_region(source, region),
+        CopyItemsd(source, times=len(globals_ + locals_), names=globals_ + locals_),
+    ]
     steps += [view_transform(name, global_augment, spatial_dims) for name in globals_]
     for name in locals_:
         steps += [

@@ -97,18 +97,36 @@ def view_transform(name: str, augment: ViewAugment, spatial_dims: int, source: s
 
 
 def multi_view_transform(
-    augments: Sequence[ViewAugment], spatial_dims: int, prefix: str = "view", source: str = "image"
+    augments: Sequence[ViewAugment],
+    spatial_dims: int,
+    prefix: str = "view",
+    source: str = "image",
+    region: float = 1.0,
 ) -> Compose:
-    """Turn ``{source: image}`` into ``{f"{prefix}_{i}": view_i}`` float tensors, one per augment."""
+    """Turn ``{source: image}`` into ``{f"{prefix}_{i}": view_i}`` float tensors, one per augment, all cut
+    from one random ``region`` window of the image (see ``shared_region``)."""
     names = [f"{prefix}_{i}" for i in range(len(augments))]
     return Compose(
         [
+            *shared_region(source, region),
             CopyItemsd(source, times=len(names), names=names),
             *[view_transform(n, a, spatial_dims) for n, a in zip(names, augments, strict=True)],
             SelectItemsd(names),  # only the views reach the batch: no meta, paths or mixed-type labels
             EnsureTyped(names, data_type="tensor", dtype=torch.float32, track_meta=False),
         ]
     )
+
+
+def shared_region(source: str, region: float) -> list:
+    """A random window of ``region`` times the image side per axis, cut once before the views are made.
+
+    Every view of the image then comes from that window, and its crop scales are fractions of the window's
+    side: small crops of a large image (a fundus photograph, a pathology tile) overlap instead of landing
+    on unrelated places. ``region=1`` keeps the whole image (no step).
+    """
+    if not 0 < region <= 1:
+        raise ValueError(f"view region must satisfy 0 < region <= 1 (a side fraction), got {region}")
+    return [] if region == 1 else [RandScaleCropd(source, roi_scale=region, random_size=False)]
 
 
 def per_axis(size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:

@@ -137,3 +137,22 @@ def test_one_batch_fast_dev_run(name, dims, tmp_path):
     )
     trainer.fit(method, DataLoader(batches, batch_size=None), DataLoader(batches, batch_size=None))
     assert trainer.state.finished
+
+
+#: Only the random resized crop: makes the crop extent measurable on a ramp image.
+CROP_ONLY = {"flip_prob": 0.0, "intensity": 0.0, "gamma": (1.0, 1.0), "blur_prob": 0.0, "noise_std": 0.0}
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco", "dino"])
+def test_view_region_keeps_every_view_of_an_image_inside_one_window(name):
+    """On a ramp along the first axis, the views of one image together span at most ``view_region``."""
+    side = 64
+    options = TINY[name](2)
+    for key in ("augment", "global_augment", "local_augment"):
+        if key in options:
+            options[key] = ViewAugment(size=options[key].size, **CROP_ONLY)
+    views = METHODS.get(name)(spatial_dims=2, view_region=0.25, **options).view_transform()
+    ramp = torch.arange(side, dtype=torch.float32).view(1, side, 1).expand(1, side, side).clone()
+    for _ in range(5):
+        values = torch.cat([v.flatten() for v in views({"image": ramp}).values()])
+        assert values.max() - values.min() + 1 <= 0.25 * side

@@ -71,3 +71,23 @@ def test_local_crops_are_small_and_global_crops_large():
 def test_bad_local_scales_are_rejected(min_scale, max_scale):
     with pytest.raises(ValueError, match="local_max_scale"):
         multi_crop_transform(ViewAugment(), ViewAugment(min_scale=min_scale), 2, 2, local_max_scale=max_scale)
+
+
+def test_every_crop_comes_from_the_shared_region():
+    """On a ramp along the first axis, all crops of one image together span at most the region."""
+    side = 100
+    image = torch.arange(side, dtype=torch.float32).view(1, side, 1).expand(1, side, side).clone()
+    crops = multi_crop_transform(
+        ViewAugment(size=16, min_scale=0.5, max_scale=0.8, **CROP_ONLY),
+        ViewAugment(size=8, min_scale=0.1, **CROP_ONLY),
+        4,
+        2,
+        local_max_scale=0.3,
+        region=0.25,
+    )
+    crops.set_random_state(seed=0)
+    for _ in range(10):
+        out = crops({"image": image})
+        values = torch.cat([v.flatten() for v in out.values()])
+        assert values.max() - values.min() + 1 <= 25, out
+    set_determinism(None)

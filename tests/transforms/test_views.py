@@ -71,3 +71,34 @@ def test_max_scale_bounds_the_crop_side():
     for low, high in [(0.5, 0.4), (0.0, 0.4), (0.1, 1.5)]:
         with pytest.raises(ValueError, match="min_scale <= max_scale"):
             multi_view_transform([ViewAugment(min_scale=low, max_scale=high)], 2)
+
+
+def _span(views: dict, side: int) -> tuple[int, int]:
+    """Rows and columns of a ``side`` x ``side`` arange image that the views cover together."""
+    values = torch.cat([v.flatten() for v in views.values()]).long()
+    rows, cols = values // side, values % side
+    return int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
+
+
+def test_views_of_one_region_overlap_inside_its_window():
+    side = 100
+    image = torch.arange(side * side, dtype=torch.float32).reshape(1, side, side)
+    fixed = dict(flip_prob=0.0, intensity=0.0, gamma=(1.0, 1.0), blur_prob=0.0, noise_std=0.0)
+    augment = ViewAugment(size=15, min_scale=0.5, max_scale=0.5, **fixed)  # 15 px of a 30 px window
+    shared = multi_view_transform([augment, augment], 2, region=0.3)
+    anywhere = multi_view_transform([ViewAugment(size=15, min_scale=0.15, max_scale=0.15, **fixed)] * 2, 2)
+    spans, free_spans = [], []
+    for seed in range(10):
+        shared.set_random_state(seed=seed)
+        anywhere.set_random_state(seed=seed)
+        spans.append(_span(shared({"image": image}), side))
+        free_spans.append(_span(anywhere({"image": image}), side))
+    assert all(rows <= 30 and cols <= 30 for rows, cols in spans), spans
+    assert any(rows > 30 or cols > 30 for rows, cols in free_spans), free_spans  # without it: apart
+    set_determinism(None)
+
+
+@pytest.mark.parametrize("region", [0.0, -0.5, 1.5])
+def test_bad_view_region_is_rejected(region):
+    with pytest.raises(ValueError, match="0 < region <= 1"):
+        multi_view_transform([ViewAugment()], 2, region=region)
