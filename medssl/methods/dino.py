@@ -26,7 +26,7 @@ from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.distributions import teacher_entropies
 from medssl.ops.precision import in_float32
 from medssl.transforms.multicrop import NUM_GLOBAL, multi_crop_transform
-from medssl.transforms.views import ViewAugment
+from medssl.transforms.views import ViewAugment, check_region
 
 
 @METHODS.register("dino")
@@ -87,7 +87,7 @@ class DINO(SSLMethod):
         self.local_augment = local_augment
         self.num_local = num_local
         self.local_max_scale = local_max_scale
-        self.view_region = view_region
+        self.view_region = check_region(view_region)
         self.momentum_start = momentum_start
         _check_crop_sizes(self.backbone, {"global": global_augment.size, "local": local_augment.size})
         head_options = (self.backbone.num_features, hidden_dim, bottleneck_dim, output_dim, batch_norm)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.mochi import in_batch_infonce, mochi_negatives, moco_logits
 from medssl.ops.precision import in_float32
-from medssl.transforms.views import ViewAugment, multi_view_transform
+from medssl.transforms.views import ViewAugment, check_region, multi_view_transform
 
 
 @METHODS.register("moco")
@@ -79,7 +79,7 @@ class MoCo(SSLMethod):
         self.mochi_sizes = (mochi_top_k, mochi_mix, mochi_query_mix)
         queue = _check_options(version, queue_size, mochi, self.mochi_sizes)
         self.temperature, self.mochi, self.augment = temperature, mochi, augment
-        self.view_region = view_region
+        self.view_region = check_region(view_region)
         self.momentum = (momentum_start, momentum_end)
         v3 = version == "v3"
         self.projection_head = MoCoProjectionHead(

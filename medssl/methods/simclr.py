@@ -15,7 +15,7 @@ from torch import Tensor
 
 from medssl.methods.base import METHODS, SSLMethod
 from medssl.ops.precision import in_float32
-from medssl.transforms.views import ViewAugment, multi_view_transform
+from medssl.transforms.views import ViewAugment, check_region, multi_view_transform
 
 
 @METHODS.register("simclr")
@@ -43,7 +43,7 @@ class SimCLR(SSLMethod):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        self.augment, self.view_region = augment, view_region
+        self.augment, self.view_region = augment, check_region(view_region)
         self.projection_head = SimCLRProjectionHead(self.backbone.num_features, hidden_dim, projection_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 

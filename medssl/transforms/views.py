@@ -124,9 +124,14 @@ def shared_region(source: str, region: float) -> list:
     side: small crops of a large image (a fundus photograph, a pathology tile) overlap instead of landing
     on unrelated places. ``region=1`` keeps the whole image (no step).
     """
+    return [] if check_region(region) == 1 else [RandScaleCropd(source, roi_scale=region, random_size=False)]
+
+
+def check_region(region: float) -> float:
+    """``region`` if it is a side fraction in (0, 1]; methods check it when built, so the CLI reports it."""
     if not 0 < region <= 1:
         raise ValueError(f"view region must satisfy 0 < region <= 1 (a side fraction), got {region}")
-    return [] if region == 1 else [RandScaleCropd(source, roi_scale=region, random_size=False)]
+    return region
 
 
 def per_axis(size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:

@@ -156,3 +156,9 @@ def test_view_region_keeps_every_view_of_an_image_inside_one_window(name):
     for _ in range(5):
         values = torch.cat([v.flatten() for v in views({"image": ramp}).values()])
         assert values.max() - values.min() + 1 <= 0.25 * side
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco", "dino"])
+def test_a_bad_view_region_is_refused_when_the_method_is_built(name):
+    with pytest.raises(ValueError, match="0 < region <= 1"):
+        METHODS.get(name)(spatial_dims=2, view_region=1.5, **TINY[name](2))
