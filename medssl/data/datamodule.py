@@ -40,6 +40,9 @@ class PretrainDataModule(pl.LightningDataModule):
         spatial_size: centre pad or crop every image to this size before caching; ``None`` keeps it.
         batch_size: images per batch (each gives the method's views).
         num_workers: data-loading worker processes.
+        repeats: passes over the training images per epoch, each with new random views. For a small
+            dataset (e.g. 20 fundus photographs): with one batch per epoch the loader workers cannot
+            prepare the next batch while the model trains, and validation runs after every step.
         cache: ``none``, ``memory`` (RAM) or ``disk`` (``cache_dir``); the size is checked first.
         cache_dir: folder for ``cache: disk``; default ``$MEDSSL_CACHE_DIR/persistent``.
         val_fraction: share of patients (or images) held out for validation when the datalist has
@@ -63,6 +66,7 @@ class PretrainDataModule(pl.LightningDataModule):
         spatial_size: Sequence[int] | None = None,
         batch_size: int = 64,
         num_workers: int = 2,
+        repeats: int = 1,
         cache: CacheMode = "memory",
         cache_dir: str | None = None,
         val_fraction: float = 0.05,
@@ -83,6 +87,9 @@ class PretrainDataModule(pl.LightningDataModule):
         self.spatial_size = tuple(spatial_size) if spatial_size else None
         self.batch_size = batch_size
         self.num_workers = num_workers
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.repeats = repeats
         self.cache = cache
         self.cache_dir = cache_dir
         self.val_fraction = val_fraction
@@ -141,12 +148,28 @@ class PretrainDataModule(pl.LightningDataModule):
         batch_size = min(self.batch_size, len(self.train_set))
         if batch_size < self.batch_size:
             log.warning("only %d training images: batch_size lowered to %d", len(self.train_set), batch_size)
-        return self._loader(self.train_set, batch_size, train=True)
+        batches = len(self.train_set) * self.repeats // batch_size
+        if batches < 2:
+            log.warning(
+                "%d training images at batch_size %d make one batch per epoch: validation runs after every "
+                "step and the loader cannot prepare batches ahead; set data.repeats (e.g. %d)",
+                len(self.train_set),
+                batch_size,
+                max(2, -(-8 * batch_size // len(self.train_set))),
+            )
+        return self.order.loader(
+            self.train_set,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            train=True,
+            repeats=self.repeats,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, min(self.batch_size, len(self.val_set)), train=False)
+        batch_size, workers = min(self.batch_size, len(self.val_set)), self.num_workers
+        return self.order.loader(self.val_set, batch_size=batch_size, num_workers=workers, train=False)
 
     def state_dict(self) -> dict[str, Any]:
         return self.order.state_dict(self.trainer)
@@ -155,9 +178,6 @@ class PretrainDataModule(pl.LightningDataModule):
         self.order.load_state_dict(state_dict)
 
     # --- helpers -----------------------------------------------------------------------------
-    def _loader(self, dataset: Any, batch_size: int, train: bool) -> DataLoader:
-        return self.order.loader(dataset, batch_size=batch_size, num_workers=self.num_workers, train=train)
-
     def _views_from_trainer(self) -> Callable:
         module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
         if module is None or not hasattr(module, "view_transform"):

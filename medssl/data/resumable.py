@@ -4,12 +4,13 @@ Lightning 2.x restores the loop counters of a mid-epoch checkpoint but not the p
 DataLoader, and MONAI's random transforms draw from per-worker random states that no checkpoint holds.
 Here both become functions of ``(seed, epoch, index)``:
 
-- ``ResumableSampler`` draws epoch ``e``'s order from ``seed + e`` (shuffled, sequential or weighted),
+- ``ResumableSampler`` draws each pass over the data from ``seed + pass`` (shuffled, sequential or weighted),
   split across ranks like ``DistributedSampler`` (so Lightning does not replace it), and can start an epoch
-  after its first ``n`` samples. It yields ``(epoch, index)`` pairs.
-- ``SeededItems`` wraps a dataset: before item ``index`` of epoch ``e`` is transformed, every MONAI
-  ``Randomizable`` in its transform is reseeded from ``(seed, e, index)``. The views of a sample are the same
-  with any number of workers, persistent or not, and after a resume.
+  after its first ``n`` samples. An epoch is ``repeats`` passes (1 unless a tiny dataset asks for more).
+  It yields ``(pass, index)`` pairs: the pass seeds the augmentations, so repeated images get new views.
+- ``SeededItems`` wraps a dataset: before item ``index`` of pass ``p`` is transformed, every MONAI
+  ``Randomizable`` in its transform is reseeded from ``(seed, p, index)``. The views of a sample are the
+  same with any number of workers, persistent or not, and after a resume.
 - ``DataOrder`` builds such loaders for a DataModule and is its ``state_dict`` / ``load_state_dict``:
   the epoch and the batches already trained in it (Lightning's own progress counter, which, unlike a count
   of batches yielded, does not include the batches the loader prefetched).
@@ -43,6 +44,7 @@ class ResumableSampler(DistributedSampler):
         weights: draw ``len(dataset)`` indices with replacement, with these weights (balanced sampling).
         seed: base seed of the order.
         drop_last: as ``DistributedSampler``: drop the tail that does not divide across ranks.
+        repeats: passes over the dataset per epoch, each in its own order and with its own augmentations.
     """
 
     def __init__(
@@ -53,36 +55,51 @@ class ResumableSampler(DistributedSampler):
         weights: Sequence[float] | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        repeats: int = 1,
     ) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
         super().__init__(
             dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.repeats = repeats
         self.start = 0  # samples of this rank's share of the current epoch to skip (set on resume)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch, self.start = epoch, 0
 
-    def indices(self) -> list[int]:
-        """This rank's share of the current epoch's order."""
+    def __len__(self) -> int:
+        return self.num_samples * self.repeats
+
+    def epoch_keys(self) -> list[tuple[int, int]]:
+        """This rank's share of the current epoch: ``(pass, index)`` for each of its ``repeats`` passes."""
+        first = self.epoch * self.repeats
+        return [(p, index) for p in range(first, first + self.repeats) for index in self._pass(p)]
+
+    def _pass(self, number: int) -> list[int]:
+        """This rank's share of pass ``number``'s order (drawn from ``seed + number``)."""
         if self.weights is None:
-            return list(super().__iter__())
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            epoch, self.epoch = self.epoch, number  # DistributedSampler orders by self.epoch
+            try:
+                return list(super().__iter__())
+            finally:
+                self.epoch = epoch
+        generator = torch.Generator().manual_seed(self.seed + number)
         drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
         return drawn[self.rank : self.total_size : self.num_replicas].tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, start = self.epoch, self.start
-        self.start = 0  # a skip applies to one pass only
-        return iter([(epoch, index) for index in self.indices()[start:]])
+        start, self.start = self.start, 0  # a skip applies to one epoch only
+        return iter(self.epoch_keys()[start:])
 
 
 class SeededItems(Dataset):
-    """``dataset[index]`` with its random transforms reseeded from ``(seed, epoch, index)`` first.
+    """``dataset[index]`` with its random transforms reseeded from ``(seed, pass, index)`` first.
 
-    Keys are ``(epoch, index)`` pairs (from ``ResumableSampler``) or plain indices (epoch 0).
+    Keys are ``(pass, index)`` pairs (from ``ResumableSampler``) or plain indices (pass 0).
     """
 
     def __init__(self, dataset: Any, seed: int) -> None:
@@ -94,10 +111,10 @@ class SeededItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: Any) -> Any:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        number, index = key if isinstance(key, tuple) else (0, key)
         if self._random is None:
             self._random = randomizables(getattr(self.dataset, "transform", None))
-        seeds = np.random.SeedSequence([self.seed, int(epoch), int(index)]).generate_state(len(self._random))
+        seeds = np.random.SeedSequence([self.seed, int(number), int(index)]).generate_state(len(self._random))
         for transform, seed in zip(self._random, seeds, strict=True):
             transform.set_random_state(seed=int(seed))
         return self.dataset[int(index)]
@@ -155,10 +172,17 @@ class DataOrder:
         num_workers: int,
         train: bool,
         weights: Sequence[float] | None = None,
+        repeats: int = 1,
     ) -> DataLoader:
-        """A training (shuffled or weighted, last partial batch dropped) or evaluation (in order) loader."""
+        """A training (shuffled or weighted, last partial batch dropped; ``repeats`` passes per epoch) or
+        evaluation (in order, one pass) loader."""
         sampler = ResumableSampler(
-            dataset, shuffle=train and weights is None, weights=weights, seed=self.seed, drop_last=False
+            dataset,
+            shuffle=train and weights is None,
+            weights=weights,
+            seed=self.seed,
+            drop_last=False,
+            repeats=repeats if train else 1,
         )
         if train:
             self.train_sampler, self._batch_size = sampler, batch_size
@@ -186,6 +210,7 @@ class DataOrder:
             "batches_per_epoch": len(sampler) // self._batch_size,
             "world_size": sampler.num_replicas,
             "seed": self.seed,
+            "repeats": sampler.repeats,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -199,14 +224,17 @@ class DataOrder:
             return
         self._pending = None
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if state.get("world_size") != sampler.num_replicas or state.get("seed") != self.seed:
+        saved = (state.get("world_size"), state.get("seed"), state.get("repeats", 1))
+        if saved != (sampler.num_replicas, self.seed, sampler.repeats):
             log.warning(
-                "resumed with another number of processes or data seed than the checkpoint's "
-                "(%s -> %s ranks, seed %s -> %s): the data order restarts at epoch %d",
-                state.get("world_size"),
+                "resumed with another number of processes, data seed or repeats than the checkpoint's "
+                "(%s -> %s ranks, seed %s -> %s, repeats %s -> %s): the data order restarts at epoch %d",
+                saved[0],
                 sampler.num_replicas,
-                state.get("seed"),
+                saved[1],
                 self.seed,
+                saved[2],
+                sampler.repeats,
                 epoch + 1,
             )
             batches = int(state["batches_per_epoch"])

@@ -76,3 +76,25 @@ def test_batch_size_is_lowered_for_tiny_datasets(tmp_path):
     dm.batch_size = 8
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))["view_0"].shape[0] == 3
+
+
+def test_repeats_make_an_epoch_several_passes_with_new_views(tmp_path, caplog):
+    source = _npz(tmp_path / "d.npz", n=4)
+    once = _module(source, cache="none")
+    once.setup("fit")
+    with caplog.at_level("WARNING", logger="medssl.data"):
+        assert len(once.train_dataloader()) == 1
+    assert "one batch per epoch" in caplog.text and "data.repeats" in caplog.text  # the hint for tiny sets
+    caplog.clear()
+    dm = _module(source, cache="none", repeats=3)
+    dm.setup("fit")
+    with caplog.at_level("WARNING", logger="medssl.data"):
+        batches = list(dm.train_dataloader())
+    assert len(batches) == 3 and "one batch per epoch" not in caplog.text
+    views = torch.cat([b["view_0"] for b in batches]).flatten(1)
+    assert len({tuple(v.tolist()) for v in views}) == 12  # each image three times, never the same view
+
+
+def test_repeats_below_one_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        _module(_npz(tmp_path / "d.npz"), repeats=0)

@@ -7,6 +7,7 @@ import signal
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DistributedSampler
 
 from medssl.commands.pretrain import run
 from medssl.data.resumable import DataOrder, ResumableSampler, SeededItems
@@ -16,20 +17,21 @@ from ..commands.conftest import write_png_folder
 from .conftest import Losses, SignalAt, pretrain_args
 
 
-def _stopped_and_resumed(method, source, tmp_path, stops, signum=signal.SIGTERM, epochs="3"):
+def _stopped_and_resumed(method, source, tmp_path, stops, signum=signal.SIGTERM, epochs="3", extra=()):
+    epochs = ("--trainer.max_epochs", epochs, *extra)
     reference = Losses()
-    run(pretrain_args(method, source, tmp_path / "ref", "--trainer.max_epochs", epochs), [reference])
+    run(pretrain_args(method, source, tmp_path / "ref", *epochs), [reference])
     resumed, folder, errors = Losses(), tmp_path / "stopped", []
     for n, step in enumerate(stops):
         resume = ["--ckpt_path", "last"] if n else []
         with pytest.raises(Preempted) as info:
             run(
-                pretrain_args(method, source, folder, "--trainer.max_epochs", epochs, *resume),
+                pretrain_args(method, source, folder, *epochs, *resume),
                 [resumed, SignalAt(step, signum)],
             )
         errors.append(info.value)
     run(
-        pretrain_args(method, source, folder, "--trainer.max_epochs", epochs, "--ckpt_path", "last"),
+        pretrain_args(method, source, folder, *epochs, "--ckpt_path", "last"),
         [resumed],
     )
     return reference.values, resumed.values, errors, folder
@@ -43,6 +45,14 @@ def test_resume_after_sigterm_continues_the_curve_exactly(method, stops, png16, 
     assert all(e.checkpoint == str(folder / "checkpoints" / "last.ckpt") for e in errors)
     assert sorted(resumed) == sorted(reference) == list(range(1, 10))
     assert resumed == reference  # bit-identical: nothing was trained twice or skipped
+
+
+@pytest.mark.slow
+def test_resume_inside_a_repeated_pass_continues_the_curve_exactly(png16, tmp_path):
+    extra = ("--data.repeats", "2")  # epochs of two passes, 3 steps each: step 4 is in the second pass
+    reference, resumed, errors, _ = _stopped_and_resumed("simclr", png16, tmp_path, [4], epochs="2", extra=extra)
+    assert errors[0].step == 4 and sorted(reference) == list(range(1, 13))
+    assert resumed == reference
 
 
 @pytest.mark.slow
@@ -65,6 +75,24 @@ def test_sampler_orders_are_seeded_per_epoch_and_skip_on_resume():
     assert list(sampler) == second[4:] and list(sampler) == second  # a skip applies to one pass only
     weighted = ResumableSampler(range(4), weights=[0, 0, 1, 0], seed=0)
     assert [i for _, i in weighted] == [2, 2, 2, 2]
+
+
+def test_repeats_give_each_epoch_several_seeded_passes_and_resume_inside_them():
+    sampler = ResumableSampler(range(6), seed=3, repeats=3)
+    first = list(sampler)
+    assert len(sampler) == len(first) == 18
+    assert [n for n, _ in first] == [0] * 6 + [1] * 6 + [2] * 6  # the pass seeds each view
+    assert all(sorted(i for n, i in first if n == p) == list(range(6)) for p in range(3))
+    assert [i for n, i in first if n == 0] != [i for n, i in first if n == 1]  # a new order each pass
+    sampler.set_epoch(1)
+    epoch_1 = list(sampler)
+    assert {n for n, _ in epoch_1} == {3, 4, 5}
+    sampler.start = 8  # resumed inside the second pass of epoch 1
+    assert list(sampler) == epoch_1[8:] and list(sampler) == epoch_1
+    once, torch_order = ResumableSampler(range(6), seed=3), DistributedSampler(range(6), 1, 0, seed=3)
+    once.set_epoch(4)
+    torch_order.set_epoch(4)
+    assert list(once) == [(4, i) for i in torch_order]  # repeats=1: the pass is the epoch, torch's order
 
 
 def test_data_order_state_round_trip():
