@@ -17,7 +17,7 @@ from ..commands.conftest import write_png_folder
 from .conftest import Losses, SignalAt, pretrain_args
 
 
-def _stopped_and_resumed(method, source, tmp_path, stops, signum=signal.SIGTERM, epochs="3", extra=()):
+def _stopped_and_resumed(method, source, tmp_path, stops, epochs="3", signum=signal.SIGTERM, extra=()):
     epochs = ("--trainer.max_epochs", epochs, *extra)
     reference = Losses()
     run(pretrain_args(method, source, tmp_path / "ref", *epochs), [reference])
@@ -50,14 +50,16 @@ def test_resume_after_sigterm_continues_the_curve_exactly(method, stops, png16, 
 @pytest.mark.slow
 def test_resume_inside_a_repeated_pass_continues_the_curve_exactly(png16, tmp_path):
     extra = ("--data.repeats", "2")  # epochs of two passes, 3 steps each: step 4 is in the second pass
-    reference, resumed, errors, _ = _stopped_and_resumed("simclr", png16, tmp_path, [4], epochs="2", extra=extra)
+    reference, resumed, errors, _ = _stopped_and_resumed("simclr", png16, tmp_path, [4], "2", extra=extra)
     assert errors[0].step == 4 and sorted(reference) == list(range(1, 13))
     assert resumed == reference
 
 
 @pytest.mark.slow
 def test_sigusr1_checkpoints_and_stops_like_sigterm(png16, tmp_path):
-    reference, resumed, errors, folder = _stopped_and_resumed("simclr", png16, tmp_path, [4], signal.SIGUSR1)
+    reference, resumed, errors, folder = _stopped_and_resumed(
+        "simclr", png16, tmp_path, [4], signum=signal.SIGUSR1
+    )
     assert errors[0].exit_code == 128 + signal.SIGUSR1 and "stopped by SIGUSR1 at step 4" in str(errors[0])
     assert resumed == reference
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
