@@ -16,7 +16,7 @@ from medssl.data.caching import CacheMode, check_fits, estimate_bytes, make_data
 from medssl.data.datalist import Item, load_datalist
 from medssl.data.paths import resolve_source
 from medssl.data.preprocess import check_channels, persistent_dir, preprocess_transform
-from medssl.data.resumable import DataOrder
+from medssl.data.resumable import DataOrder, check_repeats
 from medssl.data.splits import split_train_val
 from medssl.data.validation import check_datalist
 
@@ -87,9 +87,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.spatial_size = tuple(spatial_size) if spatial_size else None
         self.batch_size = batch_size
         self.num_workers = num_workers
-        if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
-        self.repeats = repeats
+        self.repeats = check_repeats(repeats)
         self.cache = cache
         self.cache_dir = cache_dir
         self.val_fraction = val_fraction
@@ -148,15 +146,6 @@ class PretrainDataModule(pl.LightningDataModule):
         batch_size = min(self.batch_size, len(self.train_set))
         if batch_size < self.batch_size:
             log.warning("only %d training images: batch_size lowered to %d", len(self.train_set), batch_size)
-        batches = len(self.train_set) * self.repeats // batch_size
-        if batches < 2:
-            log.warning(
-                "%d training images at batch_size %d make one batch per epoch: validation runs after every "
-                "step and the loader cannot prepare batches ahead; set data.repeats (e.g. %d)",
-                len(self.train_set),
-                batch_size,
-                max(2, -(-8 * batch_size // len(self.train_set))),
-            )
         return self.order.loader(
             self.train_set,
             batch_size=batch_size,

@@ -57,14 +57,12 @@ class ResumableSampler(DistributedSampler):
         drop_last: bool = False,
         repeats: int = 1,
     ) -> None:
-        if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
         world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
         super().__init__(
             dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
-        self.repeats = repeats
+        self.repeats = check_repeats(repeats)
         self.start = 0  # samples of this rank's share of the current epoch to skip (set on resume)
 
     def set_epoch(self, epoch: int) -> None:
@@ -155,6 +153,25 @@ def quiet_worker_init(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def check_repeats(repeats: int) -> int:
+    """``repeats`` if it is a whole number of passes >= 1 (data modules check it when built)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    return repeats
+
+
+def warn_one_batch_per_epoch(images: int, batch_size: int) -> None:
+    """Say that an epoch of one batch stalls the loader, and the ``repeats`` that gives about eight."""
+    log.warning(
+        "%d training images at batch_size %d make one batch per epoch: the loader cannot prepare the next "
+        "batch while the model trains (and validation by epoch runs after every step); set data.repeats "
+        "(e.g. %d)",
+        images,
+        batch_size,
+        max(2, -(-8 * batch_size // images)),
+    )
+
+
 class DataOrder:
     """Loaders whose order and augmentations resume exactly (see the module doc), and their state."""
 
@@ -187,6 +204,8 @@ class DataOrder:
         if train:
             self.train_sampler, self._batch_size = sampler, batch_size
             self._apply_pending()
+            if len(sampler) // batch_size < 2:
+                warn_one_batch_per_epoch(len(dataset), batch_size)
         return DataLoader(
             SeededItems(dataset, self.seed),
             batch_size=batch_size,

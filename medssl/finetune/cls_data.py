@@ -20,7 +20,7 @@ from medssl.data.datalist import Item, load_datalist
 from medssl.data.fractions import case_ids, select_label_fraction, stratum
 from medssl.data.paths import resolve_source
 from medssl.data.preprocess import check_channels, persistent_dir, preprocess_transform
-from medssl.data.resumable import DataOrder
+from medssl.data.resumable import DataOrder, check_repeats
 from medssl.data.splits import split_train_val
 from medssl.data.validation import SKIP_HINT, DatalistError, Problem, check_datalist, format_report
 
@@ -57,6 +57,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         intensity_jitter: training only: random intensity scale and shift up to this amount (0 for none).
         batch_size: images per batch.
         num_workers: data-loading worker processes.
+        repeats: passes over the training images per epoch, each with new random views; for a few images
+            (one batch per epoch) so the loader can prepare batches ahead.
         cache: ``none``, ``memory`` or ``disk`` for the deterministic preprocessing.
         cache_dir: folder for ``cache: disk``.
         val_fraction: share of patients held out for validation when the source has no ``val`` items.
@@ -87,6 +89,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         intensity_jitter: float = 0.1,
         batch_size: int = 64,
         num_workers: int = 2,
+        repeats: int = 1,
         cache: CacheMode = "memory",
         cache_dir: str | None = None,
         val_fraction: float = 0.1,
@@ -120,6 +123,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.intensity_jitter = intensity_jitter
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.repeats = check_repeats(repeats)
         self.cache = cache
         self.cache_dir = cache_dir
         self.val_fraction = val_fraction
@@ -288,7 +292,12 @@ class ClassificationDataModule(pl.LightningDataModule):
             log.warning("only %d training images: batch_size lowered to %d", len(dataset), batch_size)  # type: ignore[arg-type]
         weights = self.balanced_weights() if self.balanced_sampling else None
         return self.order.loader(
-            dataset, batch_size=batch_size, num_workers=self.num_workers, train=True, weights=weights
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            train=True,
+            weights=weights,
+            repeats=self.repeats,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from medssl.data.fractions import select_label_fraction
 from medssl.data.paths import cache_dir, resolve_source
 from medssl.data.preprocess import to_ras
 from medssl.data.readers import IMAGE_SUFFIXES, LoadItemd, has_suffix
-from medssl.data.resumable import DataOrder
+from medssl.data.resumable import DataOrder, check_repeats
 from medssl.data.splits import split_train_val
 from medssl.data.validation import DatalistError, Problem, check_datalist
 from medssl.transforms.intensity import intensity_transform
@@ -140,6 +140,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         test_fraction: share of patients held out for testing when the source has no labelled ``test`` items.
         test_seed: seed of that hold-out; keep it fixed to compare runs.
         num_workers: data-loading worker processes.
+        repeats: passes over the training images per epoch, each with new random views; for a few images
+            (one batch per epoch) so the loader can prepare batches ahead.
         cache: ``none``, ``memory`` or ``disk`` for the deterministic preprocessing.
         cache_dir: folder for ``cache: disk``.
         limit: use only the first ``limit`` labelled cases of each of the source's splits, for a quick trial.
@@ -173,6 +175,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         test_fraction: float = 0.2,
         test_seed: int = 0,
         num_workers: int = 2,
+        repeats: int = 1,
         cache: CacheMode = "memory",
         cache_dir: str | None = None,
         limit: int | None = None,
@@ -195,6 +198,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.repeats = check_repeats(repeats)
         self._splits: dict[str, list[Item]] | None = None
         self.order = DataOrder(seed)  # training order and augmentations continue exactly on resume
 
@@ -307,7 +311,11 @@ class SegmentationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         batch_size = min(self.batch_size, len(self.train_set))
         return self.order.loader(
-            self.train_set, batch_size=batch_size, num_workers=self.num_workers, train=True
+            self.train_set,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            train=True,
+            repeats=self.repeats,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -348,7 +356,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _cache_dir(self) -> Path | None:
         if self.hparams["cache"] != "disk":
             return None
-        skip = ("num_workers", "batch_size")
+        skip = ("num_workers", "batch_size", "repeats")
         key = json.dumps({k: v for k, v in self.hparams.items() if k not in skip}, default=str)
         root = (
             Path(self.hparams["cache_dir"]).expanduser()

@@ -143,6 +143,21 @@ def test_drive_like_0_255_masks_are_thresholded_and_fov_kept_for_eval(tmp_path: 
     assert splits["test"] == ["01_test", "02_test"]
 
 
+def test_repeats_lengthen_a_few_label_epoch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_drive_like(tmp_path / "DRIVE")
+    options = {"in_channels": 3, "mask_threshold": 128, "batch_size": 8}
+    sizes = {}
+    for repeats in (1, 3):
+        dm = _datamodule(root, 2, repeats=repeats, **options)
+        dm.trainer = _trainer(tmp_path / str(repeats), 1)
+        dm.setup("fit")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medssl.data"):
+            sizes[repeats] = len(dm.train_dataloader())
+        assert ("one batch per epoch" in caplog.text) == (repeats == 1)  # the hint, only when it applies
+    assert sizes == {1: 1, 3: 3}
+
+
 # --- metrics -----------------------------------------------------------------------------------
 def test_hd95_counts_a_missed_class_as_the_diagonal_and_skips_an_absent_one() -> None:
     mask = torch.zeros(2, 3, 8, 6)
