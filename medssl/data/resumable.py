@@ -161,11 +161,11 @@ def check_repeats(repeats: int) -> int:
 
 
 def warn_one_batch_per_epoch(images: int, batch_size: int) -> None:
-    """Say that an epoch of one batch stalls the loader, and the ``repeats`` that gives about eight."""
+    """Say that one batch per epoch stalls the loader workers, and the ``repeats`` giving about eight."""
     log.warning(
-        "%d training images at batch_size %d make one batch per epoch: the loader cannot prepare the next "
-        "batch while the model trains (and validation by epoch runs after every step); set data.repeats "
-        "(e.g. %d)",
+        "%d training images at batch_size %d make one batch per epoch: the loader workers cannot prepare "
+        "the next batch while the model trains (and validation by epoch runs after every step); set "
+        "data.repeats (e.g. %d)",
         images,
         batch_size,
         max(2, -(-8 * batch_size // images)),
@@ -204,7 +204,7 @@ class DataOrder:
         if train:
             self.train_sampler, self._batch_size = sampler, batch_size
             self._apply_pending()
-            if len(sampler) // batch_size < 2:
+            if num_workers and len(sampler) // batch_size < 2:  # workers idle: nothing to prefetch
                 warn_one_batch_per_epoch(len(dataset), batch_size)
         return DataLoader(
             SeededItems(dataset, self.seed),

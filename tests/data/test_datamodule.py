@@ -81,12 +81,14 @@ def test_batch_size_is_lowered_for_tiny_datasets(tmp_path):
 def test_repeats_make_an_epoch_several_passes_with_new_views(tmp_path, caplog):
     source = _npz(tmp_path / "d.npz", n=4)
     once = _module(source, cache="none")
+    once.num_workers = 1  # the hint is about idle workers: none with num_workers 0
     once.setup("fit")
     with caplog.at_level("WARNING", logger="medssl.data"):
         assert len(once.train_dataloader()) == 1
     assert "one batch per epoch" in caplog.text and "data.repeats" in caplog.text  # the hint for tiny sets
     caplog.clear()
     dm = _module(source, cache="none", repeats=3)
+    dm.num_workers = 1
     dm.setup("fit")
     with caplog.at_level("WARNING", logger="medssl.data"):
         batches = list(dm.train_dataloader())

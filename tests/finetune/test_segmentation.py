@@ -145,7 +145,7 @@ def test_drive_like_0_255_masks_are_thresholded_and_fov_kept_for_eval(tmp_path: 
 
 def test_repeats_lengthen_a_few_label_epoch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_drive_like(tmp_path / "DRIVE")
-    options = {"in_channels": 3, "mask_threshold": 128, "batch_size": 8}
+    options = {"in_channels": 3, "mask_threshold": 128, "batch_size": 8, "num_workers": 1}
     sizes = {}
     for repeats in (1, 3):
         dm = _datamodule(root, 2, repeats=repeats, **options)
@@ -156,6 +156,13 @@ def test_repeats_lengthen_a_few_label_epoch(tmp_path: Path, caplog: pytest.LogCa
             sizes[repeats] = len(dm.train_dataloader())
         assert ("one batch per epoch" in caplog.text) == (repeats == 1)  # the hint, only when it applies
     assert sizes == {1: 1, 3: 3}
+    dm = _datamodule(root, 2, **{**options, "num_workers": 0})
+    dm.trainer = _trainer(tmp_path / "0", 1)
+    dm.setup("fit")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medssl.data"):
+        dm.train_dataloader()
+    assert "one batch per epoch" not in caplog.text  # no workers, nothing to prepare ahead
 
 
 # --- metrics -----------------------------------------------------------------------------------
