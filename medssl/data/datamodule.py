@@ -143,12 +143,9 @@ class PretrainDataModule(pl.LightningDataModule):
         self.val_set = make_dataset(val, transform, self.cache, cache_dir) if val else None
 
     def train_dataloader(self) -> DataLoader:
-        batch_size = min(self.batch_size, len(self.train_set))
-        if batch_size < self.batch_size:
-            log.warning("only %d training images: batch_size lowered to %d", len(self.train_set), batch_size)
         return self.order.loader(
             self.train_set,
-            batch_size=batch_size,
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
             train=True,
             repeats=self.repeats,

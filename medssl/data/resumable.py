@@ -191,8 +191,11 @@ class DataOrder:
         weights: Sequence[float] | None = None,
         repeats: int = 1,
     ) -> DataLoader:
-        """A training (shuffled or weighted, last partial batch dropped; ``repeats`` passes per epoch) or
-        evaluation (in order, one pass) loader."""
+        """A training (shuffled or weighted, last partial batch dropped; ``repeats`` passes per epoch; the
+        batch at most the dataset) or evaluation (in order, one pass) loader."""
+        if train and batch_size > len(dataset):
+            log.warning("only %d training images: batch_size lowered to %d", len(dataset), len(dataset))
+            batch_size = len(dataset)
         sampler = ResumableSampler(
             dataset,
             shuffle=train and weights is None,

@@ -286,14 +286,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         self._write_splits()
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.sets["train"]
-        batch_size = min(self.batch_size, len(dataset))  # type: ignore[arg-type]
-        if batch_size < self.batch_size:
-            log.warning("only %d training images: batch_size lowered to %d", len(dataset), batch_size)  # type: ignore[arg-type]
         weights = self.balanced_weights() if self.balanced_sampling else None
         return self.order.loader(
-            dataset,
-            batch_size=batch_size,
+            self.sets["train"],
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
             train=True,
             weights=weights,

@@ -309,10 +309,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self._write_splits()
 
     def train_dataloader(self) -> DataLoader:
-        batch_size = min(self.batch_size, len(self.train_set))
         return self.order.loader(
             self.train_set,
-            batch_size=batch_size,
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
             train=True,
             repeats=self.repeats,
