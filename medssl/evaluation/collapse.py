@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from lightly.utils.debug import std_of_l2_normalized
 from torch import Tensor, nn
+
+log = logging.getLogger("medssl")
 
 
 def effective_rank(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
@@ -31,11 +34,16 @@ class CollapseMonitor(pl.Callback):
     batch) and logs ``val/embedding_std`` and ``val/effective_rank`` once per validation epoch.
 
     Under DDP the embeddings of all ranks are gathered first, so both values describe the whole
-    validation set (every rank embeds the same number of batches: the distributed sampler pads)."""
+    validation set (every rank embeds the same number of batches: the distributed sampler pads).
 
-    def __init__(self, max_samples: int = 1024) -> None:
+    The effective rank of N embeddings is at most N: with fewer than ``min_samples`` validation images it
+    cannot tell collapse from health (2 images give about 1 either way), and the monitor says so once."""
+
+    def __init__(self, max_samples: int = 1024, min_samples: int = 16) -> None:
         self.max_samples = max_samples
+        self.min_samples = min_samples
         self._embeddings: list[Tensor] = []
+        self._warned = False
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._embeddings = []
@@ -67,6 +75,15 @@ class CollapseMonitor(pl.Callback):
         gathered = pl_module.all_gather(local)  # (ranks, N, D) under DDP, (N, D) otherwise
         assert isinstance(gathered, Tensor)
         embeddings = gathered.reshape(-1, local.shape[-1])[: self.max_samples]
+        if len(embeddings) < self.min_samples and not self._warned and trainer.is_global_zero:
+            log.warning(
+                "collapse monitor: only %d validation images, so val/effective_rank is at most %d and "
+                "cannot show collapse; hold out more (data.val_fraction), or compare train/loss with the "
+                "no-learning reference the method logs beside it (README: 'Is it learning?')",
+                len(embeddings),
+                len(embeddings),
+            )
+            self._warned = True
         if len(embeddings) < 2:
             return
         # the same on every rank after the gather: sync_dist averages equal values (Lightning asks for it)

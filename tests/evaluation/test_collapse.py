@@ -1,3 +1,4 @@
+import logging
 import math
 
 import pytest
@@ -49,3 +50,39 @@ def test_a_collapsed_backbone_shows_zero_std_and_rank_one():
     embeddings = torch.ones(8, 4) * 3.0  # every image mapped to the same vector
     assert std_of_l2_normalized(embeddings).item() == pytest.approx(0.0, abs=1e-6)
     assert effective_rank(embeddings).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def _fit_with_monitor(tmp_path, val_images: int) -> None:
+    torch.manual_seed(0)
+    model = SimCLR(
+        spatial_dims=2,
+        backbone="resnet10",
+        backbone_kwargs={"widen_factor": 0.125, "small_input": True},
+        hidden_dim=16,
+        projection_dim=8,
+        augment=ViewAugment(size=12),
+    )
+    train = [{"view_0": torch.rand(8, 1, 12, 12), "view_1": torch.rand(8, 1, 12, 12)}]
+    val = [{"view_0": torch.rand(val_images, 1, 12, 12), "view_1": torch.rand(val_images, 1, 12, 12)}]
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[CollapseMonitor()],
+    )
+    trainer.fit(model, DataLoader(train, batch_size=None), DataLoader(val, batch_size=None))
+
+
+@pytest.mark.parametrize("val_images, warnings", [(4, 1), (16, 0)])
+def test_monitor_warns_once_when_too_few_validation_images_bound_the_rank(
+    tmp_path, caplog, val_images, warnings
+):
+    with caplog.at_level(logging.WARNING, logger="medssl"):
+        _fit_with_monitor(tmp_path, val_images)
+    said = [r.getMessage() for r in caplog.records if "collapse monitor" in r.getMessage()]
+    assert len(said) == warnings  # two validation epochs, one warning
+    if warnings:
+        assert "only 4 validation images" in said[0] and "data.val_fraction" in said[0]
