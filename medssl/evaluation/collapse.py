@@ -19,7 +19,7 @@ import torch
 from lightly.utils.debug import std_of_l2_normalized
 from torch import Tensor, nn
 
-log = logging.getLogger("medssl")
+log = logging.getLogger("medssl.evaluation")
 
 
 def effective_rank(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
@@ -77,10 +77,9 @@ class CollapseMonitor(pl.Callback):
         embeddings = gathered.reshape(-1, local.shape[-1])[: self.max_samples]
         if len(embeddings) < self.min_samples and not self._warned and trainer.is_global_zero:
             log.warning(
-                "collapse monitor: only %d validation images, so val/effective_rank is at most %d and "
-                "cannot show collapse; hold out more (data.val_fraction), or compare train/loss with the "
-                "no-learning reference the method logs beside it (README: 'Is it learning?')",
-                len(embeddings),
+                "collapse monitor: only %d validation images, and val/effective_rank is at most that many, "
+                "so it cannot show collapse; hold out more (data.val_fraction), or compare train/loss with "
+                "the no-learning reference the method logs beside it (README: 'Is it learning?')",
                 len(embeddings),
             )
             self._warned = True
