@@ -15,7 +15,8 @@ For one dataset of ``../shared/data`` (``MEDSSL_DATA_DIR``) and a list of method
 3. ``results/label_efficiency_<dataset>.json`` (every trial, pretraining steps and minutes), ``.md`` (tables)
    and ``.png`` (metric vs label fraction).
 
-Every finished run is kept under ``--work`` and reused: the benchmark can be run in pieces and resumed.
+Every finished run is kept under ``--work`` and reused (a stopped trial resumes from its checkpoint): the
+benchmark can be run in pieces and resumed.
 The report accumulates the pieces too; ``--reuse-scratch`` adds a method to it without running the scratch
 trials again (they must be in the report, with the same fine-tuning budget).
 
@@ -347,15 +348,15 @@ def merge_earlier_pieces(payload: dict, path: Path) -> dict:
     """This run's trials plus those of earlier runs in ``path`` (this run's win).
 
     The benchmark runs in pieces (a mode, a fraction or a method at a time); the report holds them all.
-    Earlier results with another fine-tuning budget are replaced, not mixed in; so are the trials of a
-    backbone family whose CPU options changed, and those of a method pretrained again (another pretraining
-    run, even at the same budget). Scratch trials stay.
+    Earlier results with another fine-tuning budget or options are replaced, not mixed in; so are the
+    trials of a backbone family whose CPU options changed, and those of a method pretrained again (another
+    pretraining run, even at the same budget). Scratch trials stay.
     """
     if not path.is_file():
         return payload
     earlier = json.loads(path.read_text())
     if not same_finetuning(earlier, payload):
-        print(f"{path.name}: earlier results used another fine-tuning budget, replaced")
+        print(f"{path.name}: earlier results used another fine-tuning budget or options, replaced")
         return payload
     repretrained = {
         method
@@ -382,7 +383,21 @@ def merge_earlier_pieces(payload: dict, path: Path) -> dict:
 
 
 def same_finetuning(earlier: dict, payload: dict) -> bool:
-    return all(earlier.get(k) == payload[k] for k in ("dataset", "finetune_steps"))
+    """Same dataset, fine-tuning steps and ``--finetune-args`` (those that can change a result)."""
+    same_budget = all(earlier.get(k) == payload[k] for k in ("dataset", "finetune_steps"))
+    earlier_options, options = (result_options(p.get("finetune_args", "")) for p in (earlier, payload))
+    return same_budget and earlier_options == options
+
+
+def result_options(finetune_args: str) -> list[str]:
+    """``--finetune-args`` less ``--data.num_workers``, which changes the speed, not the result."""
+    words, kept = iter(shlex.split(finetune_args)), []
+    for word in words:
+        if word == "--data.num_workers":
+            next(words, None)
+        elif not word.startswith("--data.num_workers="):
+            kept.append(word)
+    return kept
 
 
 def same_backbone_options(earlier: dict, payload: dict, backbone: str) -> bool:
@@ -395,7 +410,12 @@ def missing_scratch(dataset: Dataset, methods: list[str], args: argparse.Namespa
     path = report_path(dataset).with_suffix(".json")
     earlier = json.loads(path.read_text()) if path.is_file() else {"trials": []}
     steps = args.finetune_steps or dataset.finetune_steps
-    budget = {"dataset": dataset.name, "finetune_steps": steps, "cpu_backbones": dataset.cpu_backbones}
+    budget = {
+        "dataset": dataset.name,
+        "finetune_steps": steps,
+        "finetune_args": args.finetune_args,
+        "cpu_backbones": dataset.cpu_backbones,
+    }
     held = set()
     if same_finetuning(earlier, budget):
         held = {

@@ -2,8 +2,9 @@
 
 Each trial is a normal ``medssl finetune`` run in ``<out>/<init>/<mode>/fraction<f>_seed<s>/``: the
 pretrained and the scratch trial of a (fraction, seed) see the same training cases and the same seed, and
-differ only in ``--model.pretrained``. A trial whose ``test_metrics.json`` exists is not run again, so a
-sweep that stopped can be started again and only finishes what is missing.
+differ only in ``--model.pretrained``. A trial whose ``test_metrics.json`` exists is not run again, and one
+that stopped on a signal (SIGTERM, a SLURM preemption) resumes from its ``last.ckpt``, so a sweep that
+stopped can be started again and only finishes what is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medssl.logging_setup import quiet_lightning
+from medssl.reliability.preemption import Preempted
 
 _RESULT = {False: "test_metrics.json", True: "frozen_metrics.json"}  # by "is the trial frozen"
 
@@ -98,11 +100,18 @@ def run_sweep(
         run_dir = out / trial.folder
         started, reused = time.monotonic(), (run_dir / _RESULT[trial.mode == "frozen"]).is_file()
         if not reused:
-            if run_dir.exists():  # a trial that stopped half-way: start it again
+            resume = _resumable(trial, run_dir)
+            if run_dir.exists() and not resume:  # stopped before its first checkpoint: start it again
                 shutil.rmtree(run_dir)
-            with quiet_lightning():
-                args = trial_args(trial, recipe, run_dir, overrides)
-                (evaluate if trial.mode == "frozen" else finetune).run(args, verbose=False)
+            if resume:
+                print(f"trial {number}/{len(trials)} {trial.folder}: resuming from {resume}", flush=True)
+            args = trial_args(trial, recipe, run_dir, overrides) + (["--ckpt_path", "last"] if resume else [])
+            try:
+                with quiet_lightning():
+                    (evaluate if trial.mode == "frozen" else finetune).run(args, verbose=False)
+            except Preempted as stop:  # the advice is to run the sweep again, not the trial
+                again = "run the same medssl compare again: finished trials are reused, this one resumes"
+                raise Preempted(stop.signum, stop.checkpoint, stop.step, stop.requeued, again) from None
         records.append(_record(trial, run_dir))
         metric = default_metric(records)
         took = "reused" if reused else f"{time.monotonic() - started:.0f} s"
@@ -124,6 +133,12 @@ def default_metric(records: list[dict[str, Any]]) -> str:
     """``test/auroc`` for classification, ``test/dice`` for segmentation."""
     keys = set(records[0]["metrics"]) if records else set()
     return next((k for k in ("test/auroc", "test/dice") if k in keys), sorted(keys)[0] if keys else "")
+
+
+def _resumable(trial: Trial, run_dir: Path) -> Path | None:
+    """The ``last.ckpt`` of a fine-tuning trial that stopped part-way (frozen trials fit in seconds)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if trial.mode != "frozen" and last.is_file() else None
 
 
 def _record(trial: Trial, run_dir: Path) -> dict[str, Any]:

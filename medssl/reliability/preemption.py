@@ -34,16 +34,25 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class Preempted(Exception):
     """The run stopped on a signal after writing ``checkpoint``; resume with ``--ckpt_path last``."""
 
-    def __init__(self, signum: int, checkpoint: str | None, step: int, requeued: bool = False) -> None:
+    def __init__(
+        self,
+        signum: int,
+        checkpoint: str | None,
+        step: int,
+        requeued: bool = False,
+        advice: str | None = None,
+    ) -> None:
         self.signum, self.checkpoint, self.step, self.requeued = signum, checkpoint, step, requeued
+        self.advice = advice  # how to go on, when not ``--ckpt_path last`` (e.g. a sweep of runs)
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
         saved = f"saved {checkpoint}" if checkpoint else "no checkpoint could be written"
-        then = "the SLURM job was requeued" if requeued else "resume with --ckpt_path last (or auto)"
+        resume = advice or "resume with --ckpt_path last (or auto)"
+        then = "the SLURM job was requeued" if requeued else resume
         super().__init__(f"stopped by {name} at step {step}: {saved}; {then}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.signum, self.checkpoint, self.step, self.requeued)
+        return type(self), (self.signum, self.checkpoint, self.step, self.requeued, self.advice)
 
 
 class Preemption(pl.Callback):

@@ -129,3 +129,13 @@ def test_second_reader_dice_is_scored_inside_the_field_of_view_per_image(tmp_pat
 def test_a_dataset_copy_without_second_annotation_gets_no_human_reference(tmp_path: Path) -> None:
     reading = label_efficiency.SecondReading("first", "second")
     assert label_efficiency.second_reader_dice(reading, tmp_path) is None
+
+
+def test_other_finetuning_options_replace_everything_other_worker_counts_do_not(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(payload([trial("scratch", "frozen", 0.1, 0, 0.8)]) | {"finetune_args": ""}))
+    new = payload([trial("simclr", "finetune", 1.0, 0, 0.95)])
+    faster = label_efficiency.merge_earlier_pieces(new | {"finetune_args": "--data.num_workers=0"}, path)
+    assert len(faster["trials"]) == 2  # the same maths, on another number of loader processes
+    other = label_efficiency.merge_earlier_pieces(new | {"finetune_args": "--model.lr 0.01"}, path)
+    assert other["trials"] == new["trials"]

@@ -2,11 +2,16 @@
 
 import json
 import math
+import signal
 from pathlib import Path
 
+import torch
+
 from medssl.cli import main
+from medssl.commands import finetune
 from medssl.evaluation.compare import plan, trial_args
 from medssl.evaluation.report import figure, markdown, paired_gain, summarise
+from medssl.reliability.preemption import Preempted
 from tests.finetune.test_classification import CLS_2D, TINY_ARG, _pretrain_run, write_npz
 
 
@@ -135,3 +140,27 @@ def test_cli_frozen_mode_reports_the_linear_probe_and_knn_of_medssl_evaluate(tmp
     assert {"test/auroc", "test/knn_auroc", "test/f1"} <= set(trials[1]["metrics"])
     frozen = json.loads((tmp_path / "compare" / trials[1]["run"] / "frozen_metrics.json").read_text())
     assert trials[1]["metrics"]["test/auroc"] == frozen["metrics"]["linear/test/auroc"]
+
+
+def test_cli_resumes_a_trial_that_stopped_part_way_rather_than_start_it_again(tmp_path: Path, capsys) -> None:
+    args = _compare_args(tmp_path, "--label-fractions", "1.0")
+    assert main(args) == 0
+    run_dir = tmp_path / "compare" / "scratch/finetune/fraction1_seed1"
+    one_epoch = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    (run_dir / "test_metrics.json").unlink()  # as if stopped by SIGTERM after its last checkpoint
+    (run_dir / "earlier.txt").write_text("kept")
+    assert main([*args, "--trainer.max_epochs", "2"]) == 0
+    assert "scratch/finetune/fraction1_seed1: resuming from" in capsys.readouterr().out
+    assert (run_dir / "earlier.txt").is_file() and (run_dir / "test_metrics.json").is_file()
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 2 * one_epoch
+
+
+def test_a_sweep_stopped_by_a_signal_says_to_run_the_sweep_again(tmp_path: Path, capsys, monkeypatch) -> None:
+    def stopped(args: list[str], verbose: bool) -> None:
+        raise Preempted(signal.SIGTERM, "last.ckpt", 3)
+
+    monkeypatch.setattr(finetune, "run", stopped)
+    assert main(_compare_args(tmp_path)) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at step 3" in err and "run the same medssl compare again" in err
+    assert "--ckpt_path" not in err
