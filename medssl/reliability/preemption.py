@@ -47,8 +47,8 @@ class Preempted(Exception):
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
         saved = f"saved {checkpoint}" if checkpoint else "no checkpoint could be written"
-        resume = advice or "resume with --ckpt_path last (or auto)"
-        then = "the SLURM job was requeued" if requeued else resume
+        go_on = advice or "resume with --ckpt_path last (or auto)"
+        then = "the SLURM job was requeued" if requeued else go_on
         super().__init__(f"stopped by {name} at step {step}: {saved}; {then}")
 
     def __reduce__(self) -> tuple[Any, ...]:
