@@ -127,7 +127,7 @@ DATASETS = {
         name="drive_2d",
         backbones=SEG,
         finetune={"resnet18": "seg_resnet18_drive_2d", "basicunet": "seg_unet_drive_2d"},
-        # about 0.3 / 0.5 / 0.8 / 1.3 s per MIM / SimCLR / MoCo / DINO step here: 10-20 min each
+        # 13-27 min each here (the report lists the measured minutes; SimCLR and DINO take the longest)
         pretrain_steps={"jcl": 4000, "mim": 3000, "simclr": 1500, "moco": 1200, "dino": 800},
         finetune_steps=600,
         val_every=100,
