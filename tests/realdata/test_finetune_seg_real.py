@@ -75,3 +75,26 @@ def test_drive_tests_on_the_official_test_images(real_data: Path, tmp_path: Path
     assert {"test/dice", "test/dice_vessel", "test/hd95"} <= set(out["metrics"])
     assert out["splits"]["test"] == ["01_test", "02_test"]
     assert all(case.endswith("_training") for case in out["splits"]["train"] + out["splits"]["val"])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "vit"),
+    [
+        ("seg_vit_tiny_hippocampus_3d", "img_size: [32, 48, 32], patch_size: [8, 8, 8]"),
+        ("seg_vit_tiny_drive_2d", "img_size: 96, patch_size: 8"),
+    ],
+)
+def test_vit_recipes_segment_with_a_unetr_decoder(real_data: Path, tmp_path: Path, recipe: str, vit: str):
+    tiny = "hidden_size: 32, num_layers: 2, num_heads: 2, mlp_dim: 64"
+    out = _finetune(
+        recipe,
+        tmp_path,
+        "--data.limit",
+        "2" if recipe.endswith("_2d") else "8",
+        "--model.feature_size",
+        "4",
+        "--model.backbone_kwargs",
+        f"{{{vit}, {tiny}}}",
+    )
+    assert 0.0 <= out["metrics"]["test/dice"] <= 1.0
+    assert out["splits"]["test"] and not set(out["splits"]["test"]) & set(out["splits"]["train"])

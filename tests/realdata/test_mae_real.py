@@ -21,6 +21,7 @@ VIT = {
     "mae_vit_tiny_pneumoniamnist_2d": "img_size: 28, patch_size: 4",
     "mae_vit_tiny_adrenalmnist3d_3d": "img_size: 28, patch_size: 4",
     "mae_vit_tiny_hippocampus_3d": "img_size: [32, 48, 32], patch_size: [8, 8, 8]",
+    "mae_vit_tiny_drive_2d": "img_size: 96, patch_size: 8",
 }
 
 
