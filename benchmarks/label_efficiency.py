@@ -126,7 +126,11 @@ DATASETS = {
     "drive": Dataset(
         name="drive_2d",
         backbones=SEG,
-        finetune={"resnet18": "seg_resnet18_drive_2d", "basicunet": "seg_unet_drive_2d"},
+        finetune={
+            "resnet18": "seg_resnet18_drive_2d",
+            "vit_tiny": "seg_vit_tiny_drive_2d",
+            "basicunet": "seg_unet_drive_2d",
+        },
         # 13-27 min each here (the report lists the measured minutes; SimCLR and DINO take the longest)
         pretrain_steps={"jcl": 4000, "mim": 3000, "simclr": 1500, "moco": 1200, "dino": 800},
         finetune_steps=600,

@@ -41,3 +41,19 @@ def test_a_pretraining_run_of_another_budget_is_not_reused(tmp_path: Path) -> No
     stats.write_text(json.dumps({"steps": 3, "minutes": 0.1}))
     with pytest.raises(SystemExit, match=r"was pretrained with .* not \{'steps': 400\}"):
         label_efficiency.run(["--dataset", "adrenalmnist3d", "--methods", "simclr", "--work", str(tmp_path)])
+
+
+@pytest.mark.parametrize("name", sorted(label_efficiency.DATASETS))
+def test_every_shipped_pretraining_recipe_has_its_fine_tuning_recipe(name: str) -> None:
+    """A method with a pretraining recipe (budgeted or not) is fine-tuned by a recipe that exists."""
+    dataset = label_efficiency.DATASETS[name]
+    recipes = label_efficiency.recipes_dir()
+    shipped = {
+        method: backbone
+        for method, backbone in dataset.backbones.items()
+        if (recipes / "pretrain" / f"{method}_{backbone}_{dataset.name}.yaml").is_file()
+    }
+    assert set(dataset.pretrain_steps) <= set(shipped), "a budget for a method without a recipe"
+    for method, backbone in shipped.items():
+        assert backbone in dataset.finetune, f"{name}: nothing fine-tunes {method}'s {backbone}"
+        assert (recipes / "finetune" / f"{dataset.finetune[backbone]}.yaml").is_file()
