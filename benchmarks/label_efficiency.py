@@ -18,7 +18,10 @@ For one dataset of ``../shared/data`` (``MEDSSL_DATA_DIR``) and a list of method
 Every finished run is kept under ``--work`` and reused (a stopped trial resumes from its checkpoint): the
 benchmark can be run in pieces and resumed.
 The report accumulates the pieces too; ``--reuse-scratch`` adds a method to it without running the scratch
-trials again (they must be in the report, with the same fine-tuning budget).
+trials again (they must be in the report, with the same fine-tuning budget). A method pretrained again (in a
+new work folder) replaces its trials in the report, unless its weights equal the report's bit for bit
+(``weights_sha256``; seeded recipes can reproduce): then its earlier trials stay, and only new fractions or
+modes need running.
 
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods simclr moco dino mae
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods dino --reuse-scratch
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shlex
 import shutil
@@ -37,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from label_efficiency_report import (
     SecondReading,
     report_path,
@@ -47,6 +52,7 @@ from label_efficiency_report import (
 
 from medssl.cli import main as medssl
 from medssl.data.paths import data_dir
+from medssl.export import open_pretrained
 from medssl.recipes_dir import recipes_dir
 
 
@@ -141,8 +147,12 @@ DATASETS = {
 }
 
 
+#: what a pretraining run's ``benchmark.json`` records of the run itself, beside the budget it was given
+MEASURED = ("minutes", "weights_sha256")
+
+
 def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Path, dict]:
-    """Pretrain (or reuse) one method; its run folder and ``{"steps", "minutes"}``."""
+    """Pretrain (or reuse) one method; its run folder and ``{"steps", "minutes", "weights_sha256"}``."""
     recipe = recipes_dir() / "pretrain" / f"{method}_{dataset.backbones[method]}_{dataset.name}.yaml"
     if not recipe.is_file():
         sys.exit(f"no pretraining recipe {recipe.name} for {method} on {dataset.name}")
@@ -171,12 +181,24 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
             )
         )  # fmt: skip
         minutes = (time.monotonic() - started) / 60
-        stats.write_text(json.dumps(budget | {"minutes": round(minutes, 1)}) + "\n")
+        measured = {"minutes": round(minutes, 1), "weights_sha256": weights_sha256(run)}
+        stats.write_text(json.dumps(budget | measured) + "\n")
     return run, json.loads(stats.read_text())
 
 
+def weights_sha256(run: Path) -> str:
+    """sha256 of the tensors fine-tuning takes from a pretraining run: names, dtypes, shapes and values."""
+    encoder, decoder, _ = open_pretrained(run).split_state()
+    digest = hashlib.sha256()
+    for name, tensor in sorted((encoder | decoder).items()):
+        digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def pretraining_budget(dataset: Dataset, method: str, steps: int | None) -> dict:
-    """What a pretraining run is reused for: steps and extra options (its ``benchmark.json`` less minutes)."""
+    """What a pretraining run is reused for: steps and extra options (its ``benchmark.json`` less
+    ``MEASURED``)."""
     extra = dataset.pretrain_args.get(method, ())
     return {"steps": steps} | ({"args": shlex.join(extra)} if extra else {})
 
@@ -188,7 +210,7 @@ def stale_pretraining(dataset: Dataset, budgets: dict[str, int | None], work: Pa
         if stats.is_file():
             earlier = json.loads(stats.read_text())
             budget = pretraining_budget(dataset, method, steps)
-            if {k: v for k, v in earlier.items() if k != "minutes"} != budget:
+            if {k: v for k, v in earlier.items() if k not in MEASURED} != budget:
                 why = f"was pretrained with {earlier}, not {budget}: delete it or use another --work"
                 return f"{stats.parent} {why}"
     return None

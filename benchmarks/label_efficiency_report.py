@@ -128,7 +128,7 @@ def merge_earlier_pieces(payload: dict, path: Path) -> dict:
     The benchmark runs in pieces (a mode, a fraction or a method at a time); the report holds them all.
     Earlier results with another fine-tuning budget or options are replaced, not mixed in; so are the
     trials of a backbone family whose CPU options changed, and those of a method pretrained again (another
-    pretraining run, even at the same budget). Scratch trials stay.
+    pretraining run, even at the same budget, unless it ``reproduces`` the weights). Scratch trials stay.
     """
     if not path.is_file():
         return payload
@@ -136,16 +136,23 @@ def merge_earlier_pieces(payload: dict, path: Path) -> dict:
     if not same_finetuning(earlier, payload):
         print(f"{path.name}: earlier results used another fine-tuning budget or options, replaced")
         return payload
+    reproduced = {
+        method
+        for method, stats in payload["pretraining"].items()
+        if reproduces(earlier["pretraining"].get(method), stats)
+    }
     repretrained = {
         method
         for method, stats in payload["pretraining"].items()
-        if earlier["pretraining"].get(method, stats) != stats
+        if earlier["pretraining"].get(method, stats) != stats and method not in reproduced
     }
     families = {t["backbone"] for t in earlier["trials"]}
     rebuilt = {b for b in families if not same_backbone_options(earlier, payload, b)}
     kept = [t for t in earlier["trials"] if t["init"] not in repretrained and t["backbone"] not in rebuilt]
     if repretrained:
         print(f"{path.name}: {', '.join(sorted(repretrained))} pretrained again, earlier trials replaced")
+    if reproduced:
+        print(f"{path.name}: {', '.join(sorted(reproduced))} reproduced their weights, trials kept")
     if rebuilt:
         print(f"{path.name}: {', '.join(sorted(rebuilt))} built with other options, earlier trials replaced")
 
@@ -154,9 +161,24 @@ def merge_earlier_pieces(payload: dict, path: Path) -> dict:
 
     trials = {key(t): t for t in kept} | {key(t): t for t in payload["trials"]}
     order = sorted(trials, key=lambda k: (k[0], k[2], k[3], k[4], k[1] != "scratch", k[1]))
+    first_runs = {m: earlier["pretraining"][m] for m in reproduced}  # the minutes the kept trials came with
     return payload | {
-        "pretraining": earlier["pretraining"] | payload["pretraining"],
+        "pretraining": earlier["pretraining"] | payload["pretraining"] | first_runs,
         "trials": [trials[k] for k in order],
+    }
+
+
+def reproduces(earlier: dict | None, stats: dict) -> bool:
+    """Whether a pretraining run (``stats``) gave bit for bit the weights of an earlier one, on its budget.
+
+    A seeded run repeated on the same kind of machine can (SimCLR and DINO on Hippocampus did): its trials
+    are those of the earlier run, which a fresh work folder then need not repeat. Earlier records without a
+    ``weights_sha256`` (reports before it) never match.
+    """
+    if earlier is None or "weights_sha256" not in earlier:
+        return False
+    return {k: v for k, v in earlier.items() if k != "minutes"} == {
+        k: v for k, v in stats.items() if k != "minutes"
     }
 
 

@@ -57,3 +57,15 @@ def test_every_shipped_pretraining_recipe_has_its_fine_tuning_recipe(name: str) 
     for method, backbone in shipped.items():
         assert backbone in dataset.finetune, f"{name}: nothing fine-tunes {method}'s {backbone}"
         assert (recipes / "finetune" / f"{dataset.finetune[backbone]}.yaml").is_file()
+
+
+def test_the_weights_fingerprint_follows_the_tensors_not_the_checkpoint(tmp_path: Path) -> None:
+    from tests.export.conftest import save_checkpoint, tiny_simclr
+
+    module = tiny_simclr("resnet18", 2)
+    first = label_efficiency.weights_sha256(save_checkpoint(module, tmp_path / "a.ckpt"))
+    module.projection_head.layers[0].weight.data += 1  # a head fine-tuning does not take
+    again = label_efficiency.weights_sha256(save_checkpoint(module, tmp_path / "b.ckpt"))
+    assert again == first
+    next(module.backbone.parameters()).data.view(-1)[0] += 1e-3
+    assert label_efficiency.weights_sha256(save_checkpoint(module, tmp_path / "c.ckpt")) != first

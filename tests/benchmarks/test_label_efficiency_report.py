@@ -104,3 +104,25 @@ def test_second_reader_dice_is_scored_inside_the_field_of_view_per_image(tmp_pat
 def test_a_dataset_copy_without_second_annotation_gets_no_human_reference(tmp_path: Path) -> None:
     reading = results.SecondReading("first", "second")
     assert results.second_reader_dice(reading, tmp_path) is None
+
+
+def test_a_method_pretrained_again_to_the_same_weights_keeps_its_trials(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    first = {"steps": 500, "minutes": 14.1, "weights_sha256": "ab12"}
+    earlier = [trial("scratch", "finetune", 1.0, 0, 0.8), trial("simclr", "finetune", 0.01, 0, 0.7)]
+    path.write_text(json.dumps(payload(earlier) | {"pretraining": {"simclr": first}}))
+    new = payload([trial("simclr", "finetune", 1.0, 0, 0.95)])
+
+    def merged_with(stats: dict) -> dict:
+        return results.merge_earlier_pieces(new | {"pretraining": {"simclr": stats}}, path)
+
+    def kept(merged: dict) -> list[tuple]:
+        return [(t["init"], t["label_fraction"]) for t in merged["trials"]]
+
+    same = merged_with(first | {"minutes": 43.0})  # the same weights on a slower machine
+    assert kept(same) == [("simclr", 0.01), ("scratch", 1.0), ("simclr", 1.0)]
+    assert same["pretraining"]["simclr"] == first  # the run the kept trials came from
+    other = merged_with(first | {"weights_sha256": "cd34"})
+    assert kept(other) == [("scratch", 1.0), ("simclr", 1.0)]
+    path.write_text(json.dumps(payload(earlier)))  # a report from before weights_sha256: never the same
+    assert kept(merged_with(first)) == [("scratch", 1.0), ("simclr", 1.0)]
