@@ -114,8 +114,21 @@ class SeededItems(Dataset):
             self._random = randomizables(getattr(self.dataset, "transform", None))
         seeds = np.random.SeedSequence([self.seed, int(number), int(index)]).generate_state(len(self._random))
         for transform, seed in zip(self._random, seeds, strict=True):
-            transform.set_random_state(seed=int(seed))
+            reseed(transform, int(seed))
         return self.dataset[int(index)]
+
+
+def reseed(transform: Randomizable, seed: int) -> None:
+    """``transform.set_random_state(seed=seed)``'s state, reached ~100x faster when the transform has its own.
+
+    A new ``RandomState`` costs ~250 us under numpy 2 and ``set_random_state`` of a ``Compose`` makes one per
+    child too: per sample, that was most of a 2D pretraining step's data time. Reseeding in place gives the
+    same draws (every child is reseeded itself, as ``randomizables`` lists it).
+    """
+    if "R" in vars(transform):
+        transform.R.seed(seed)
+    else:  # still on the class-wide default state, which other transforms share: give it its own
+        transform.set_random_state(seed=seed)
 
 
 def randomizables(obj: Any) -> list[Randomizable]:
