@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,12 @@ def test_reused_scratch_trials_must_be_in_the_report_before_any_run(tmp_path: Pa
     assert not any(tmp_path.iterdir())
 
 
-def test_a_method_without_a_calibrated_budget_is_refused_before_any_run(tmp_path: Path) -> None:
+def test_a_method_without_a_calibrated_budget_is_refused_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = label_efficiency.DATASETS["hippocampus"]
+    budgets = {m: s for m, s in shipped.pretrain_steps.items() if m != "mae"}
+    monkeypatch.setitem(label_efficiency.DATASETS, "hippocampus", replace(shipped, pretrain_steps=budgets))
     with pytest.raises(SystemExit, match="no pretraining budget for mae on hippocampus"):
         label_efficiency.run(["--dataset", "hippocampus", "--methods", "jcl", "mae", "--work", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # jcl, which has a budget, was not pretrained first
