@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from label_efficiency_report import (
     SecondReading,
+    asked,
     report_path,
     same_backbone_options,
     same_finetuning,
@@ -147,10 +148,6 @@ DATASETS = {
 }
 
 
-#: what a pretraining run's ``benchmark.json`` records of the run itself, beside the budget it was given
-MEASURED = ("minutes", "weights_sha256")
-
-
 def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Path, dict]:
     """Pretrain (or reuse) one method; its run folder and ``{"steps", "minutes", "weights_sha256"}``."""
     recipe = recipes_dir() / "pretrain" / f"{method}_{dataset.backbones[method]}_{dataset.name}.yaml"
@@ -197,8 +194,7 @@ def weights_sha256(run: Path) -> str:
 
 
 def pretraining_budget(dataset: Dataset, method: str, steps: int | None) -> dict:
-    """What a pretraining run is reused for: steps and extra options (its ``benchmark.json`` less
-    ``MEASURED``)."""
+    """What a pretraining run is reused for: steps and extra options (``asked`` of its ``benchmark.json``)."""
     extra = dataset.pretrain_args.get(method, ())
     return {"steps": steps} | ({"args": shlex.join(extra)} if extra else {})
 
@@ -210,7 +206,7 @@ def stale_pretraining(dataset: Dataset, budgets: dict[str, int | None], work: Pa
         if stats.is_file():
             earlier = json.loads(stats.read_text())
             budget = pretraining_budget(dataset, method, steps)
-            if {k: v for k, v in earlier.items() if k not in MEASURED} != budget:
+            if asked(earlier) != budget:
                 why = f"was pretrained with {earlier}, not {budget}: delete it or use another --work"
                 return f"{stats.parent} {why}"
     return None

@@ -177,9 +177,17 @@ def reproduces(earlier: dict | None, stats: dict) -> bool:
     """
     if earlier is None or "weights_sha256" not in earlier:
         return False
-    return {k: v for k, v in earlier.items() if k != "minutes"} == {
-        k: v for k, v in stats.items() if k != "minutes"
-    }
+    same_weights = earlier["weights_sha256"] == stats.get("weights_sha256")
+    return same_weights and asked(earlier) == asked(stats)
+
+
+#: what a pretraining record holds of the run itself, beside the budget it was asked for
+MEASURED = ("minutes", "weights_sha256")
+
+
+def asked(stats: dict) -> dict:
+    """A pretraining record's budget (steps, extra options): the record less ``MEASURED``."""
+    return {k: v for k, v in stats.items() if k not in MEASURED}
 
 
 def same_finetuning(earlier: dict, payload: dict) -> bool:
