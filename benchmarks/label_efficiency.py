@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from label_efficiency_report import (
     SecondReading,
     asked,
@@ -54,6 +55,7 @@ from label_efficiency_report import (
 from medssl.cli import main as medssl
 from medssl.data.paths import data_dir
 from medssl.export import open_pretrained
+from medssl.export.source import safe_torch_load
 from medssl.recipes_dir import recipes_dir
 
 
@@ -161,6 +163,7 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
         for stale in (work / "compare").glob(f"*/{method}"):  # trials of an earlier pretraining run
             shutil.rmtree(stale)
         source = _pretraining_source(dataset, work)
+        resumed_at = stopped_pretraining_step(run, steps)
         started = time.monotonic()
         _check(
             medssl(
@@ -172,15 +175,29 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
                     "--trainer.max_steps", str(steps),
                     "--trainer.max_epochs", "-1",
                     "--trainer.enable_progress_bar", "false",
+                    "--ckpt_path", "auto",  # a stopped run goes on exactly (tests/reliability/test_resume.py)
                     *_backbone_args(dataset, dataset.backbones[method], "--model.init_args.backbone_kwargs"),
                     *extra,
                 ]
             )
         )  # fmt: skip
-        minutes = (time.monotonic() - started) / 60
+        minutes = (time.monotonic() - started) / 60 * steps / (steps - resumed_at)
         measured = {"minutes": round(minutes, 1), "weights_sha256": weights_sha256(run)}
+        measured |= {"resumed_at_step": resumed_at} if resumed_at else {}  # minutes: scaled from the rest
         stats.write_text(json.dumps(budget | measured) + "\n")
     return run, json.loads(stats.read_text())
+
+
+def stopped_pretraining_step(run: Path, steps: int) -> int:
+    """The step a stopped pretraining run in ``run`` resumes from (0: none); refused for another budget."""
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return 0
+    config = run / "config.yaml"
+    planned = yaml.safe_load(config.read_text())["trainer"]["max_steps"] if config.is_file() else None
+    if planned != steps:
+        sys.exit(f"{run} holds a stopped pretraining run of {planned} steps, not {steps}: delete it")
+    return int(safe_torch_load(last)["global_step"])
 
 
 def weights_sha256(run: Path) -> str:

@@ -64,7 +64,7 @@ def write_report(
     payload = merge_earlier_pieces(payload, out.with_suffix(".json"))
     trials, pretraining = payload["trials"], payload["pretraining"]
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    budget = ", ".join(f"{m} {s['steps']} steps / {s['minutes']} min" for m, s in pretraining.items())
+    budget = ", ".join(f"{m} {s['steps']} steps / {_minutes(s)} min" for m, s in pretraining.items())
     steps = args.finetune_steps or dataset.finetune_steps
     lines = [
         f"Pretraining on 2 CPU cores: {budget}; every fine-tune {steps} steps"
@@ -181,8 +181,13 @@ def reproduces(earlier: dict | None, stats: dict) -> bool:
     return same_weights and asked(earlier) == asked(stats)
 
 
+def _minutes(stats: dict) -> str:
+    """A pretraining run's minutes; ``~`` when it was stopped and resumed (scaled from the resumed part)."""
+    return f"{'~' if 'resumed_at_step' in stats else ''}{stats['minutes']}"
+
+
 #: what a pretraining record holds of the run itself, beside the budget it was asked for
-MEASURED = ("minutes", "weights_sha256")
+MEASURED = ("minutes", "weights_sha256", "resumed_at_step")
 
 
 def asked(stats: dict) -> dict:

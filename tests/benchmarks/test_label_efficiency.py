@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import medssl
 
@@ -75,3 +76,14 @@ def test_the_weights_fingerprint_follows_the_tensors_not_the_checkpoint(tmp_path
     assert again == first
     next(module.backbone.parameters()).data.view(-1)[0] += 1e-3
     assert label_efficiency.weights_sha256(save_checkpoint(module, tmp_path / "c.ckpt")) != first
+
+
+def test_a_stopped_pretraining_run_resumes_only_for_its_own_budget(tmp_path: Path) -> None:
+    run = tmp_path / "pretrain" / "moco"
+    (run / "checkpoints").mkdir(parents=True)
+    assert label_efficiency.stopped_pretraining_step(run, 500) == 0  # nothing to resume: a new run
+    torch.save({"global_step": 222}, run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text("trainer:\n  max_steps: 500\n")
+    assert label_efficiency.stopped_pretraining_step(run, 500) == 222
+    with pytest.raises(SystemExit, match=r"moco holds a stopped pretraining run of 500 steps, not 400"):
+        label_efficiency.stopped_pretraining_step(run, 400)
