@@ -6,6 +6,7 @@ import torch
 
 
 def pytest_configure(config) -> None:
-    """Each pytest-xdist worker computes on one thread: the workers already share the machine's cores."""
+    """Each pytest-xdist worker, and what it starts, computes on one thread: the workers share the cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # the medssl processes, notebook kernels and benchmarks it runs
