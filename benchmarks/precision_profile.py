@@ -63,7 +63,7 @@ def _timed(fn: Callable[[], Any], repeats: int, max_seconds: float = 30.0) -> fl
     return statistics.median(times)
 
 
-def ceiling(repeats: int, kernels: dict = KERNELS) -> dict[str, dict[str, float]]:
+def ceiling(repeats: int, kernels: dict) -> dict[str, dict[str, float]]:
     out = {}
     for name, (op, shapes) in kernels.items():
         row = {}
@@ -144,7 +144,7 @@ def step_profile(name: str, bf16: bool, steps: int) -> dict[str, Any]:
     }
 
 
-def run(steps: int, repeats: int, threads: int, kernels: dict = KERNELS) -> dict[str, Any]:
+def run(steps: int, repeats: int, threads: int, kernels: dict) -> dict[str, Any]:
     torch.set_num_threads(threads)
     result: dict[str, Any] = {"environment": environment(threads), "steps": steps}
     result["ceiling"] = ceiling(repeats, kernels)
