@@ -79,11 +79,19 @@ def test_the_weights_fingerprint_follows_the_tensors_not_the_checkpoint(tmp_path
 
 
 def test_a_stopped_pretraining_run_resumes_only_for_its_own_budget(tmp_path: Path) -> None:
-    run = tmp_path / "pretrain" / "moco"
+    run = tmp_path / "pretrain" / "dino"
     (run / "checkpoints").mkdir(parents=True)
-    assert label_efficiency.stopped_pretraining_step(run, 500) == 0  # nothing to resume: a new run
+    pneumonia = label_efficiency.DATASETS["pneumoniamnist"]
+    budget = label_efficiency.pretraining_budget(pneumonia, "dino", 400)
+    assert label_efficiency.stopped_pretraining_step(run, budget) == 0  # nothing to resume: a new run
     torch.save({"global_step": 222}, run / "checkpoints" / "last.ckpt")
-    (run / "config.yaml").write_text("trainer:\n  max_steps: 500\n")
-    assert label_efficiency.stopped_pretraining_step(run, 500) == 222
-    with pytest.raises(SystemExit, match=r"moco holds a stopped pretraining run of 500 steps, not 400"):
-        label_efficiency.stopped_pretraining_step(run, 400)
+    with pytest.raises(SystemExit, match=r"dino holds a stopped pretraining run for an unknown budget"):
+        label_efficiency.stopped_pretraining_step(run, budget)
+    (run / "planned.json").write_text(json.dumps(budget))
+    assert label_efficiency.stopped_pretraining_step(run, budget) == 222
+    with pytest.raises(SystemExit, match=r"stopped pretraining run for \{'steps': 400, .*not \{'steps': 500"):
+        label_efficiency.stopped_pretraining_step(run, budget | {"steps": 500})
+    other_options = replace(pneumonia, pretrain_args={"dino": ("--data.batch_size", "64")})
+    other_budget = label_efficiency.pretraining_budget(other_options, "dino", 400)  # same steps
+    with pytest.raises(SystemExit, match=r"not \{'steps': 400, 'args': '--data.batch_size 64'\}"):
+        label_efficiency.stopped_pretraining_step(run, other_budget)
