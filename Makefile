@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/pytest -q
 
-## test-learning: the longer real-data learning checks the suite leaves out (~8 min on 2 cores)
+## test-learning: the longer real-data learning checks the suite leaves out (~2 min on 2 cores)
 test-learning: install
 	$(BIN)/pytest -q -m learning
 
