@@ -126,7 +126,7 @@ DATASETS = {
         },
         # 64 x 96 x 64 views, 35 min in float32: level with scratch (README; the earlier 32 x 64 x 32 views,
         # 2000 steps / 31 min, were level too, 1000 steps 0.006 below)
-        # MAE: about 0.27 s per step (96 tokens of 8^3 voxels), the ViT's own scratch baseline
+        # MAE: about 0.27 s per step (96 tokens of 8^3 voxels); fine-tuned against a scratch ViT-Tiny + UNETR
         pretrain_steps={"jcl": 450, "mim": 1500, "simclr": 600, "moco": 500, "dino": 400, "mae": 3000},
         finetune_steps=600,
         val_every=100,
@@ -222,12 +222,17 @@ def pretraining_budget(dataset: Dataset, method: str, steps: int | None) -> dict
 
 
 def stale_pretraining(dataset: Dataset, budgets: dict[str, int | None], work: Path) -> str | None:
-    """Why a pretraining folder under ``work`` cannot be reused for this budget, if one cannot."""
+    """Why a pretraining folder under ``work`` cannot be reused for this budget, if one cannot.
+
+    A stopped run of another budget is refused here too (``stopped_pretraining_step``), before any run.
+    """
     for method, steps in budgets.items():
         stats = work / "pretrain" / method / "benchmark.json"
-        if stats.is_file():
+        budget = pretraining_budget(dataset, method, steps)
+        if not stats.is_file():
+            stopped_pretraining_step(stats.parent, budget)
+        else:
             earlier = json.loads(stats.read_text())
-            budget = pretraining_budget(dataset, method, steps)
             if asked(earlier) != budget:
                 why = f"was pretrained with {earlier}, not {budget}: delete it or use another --work"
                 return f"{stats.parent} {why}"

@@ -95,3 +95,17 @@ def test_a_stopped_pretraining_run_resumes_only_for_its_own_budget(tmp_path: Pat
     other_budget = label_efficiency.pretraining_budget(other_options, "dino", 400)  # same steps
     with pytest.raises(SystemExit, match=r"not \{'steps': 400, 'args': '--data.batch_size 64'\}"):
         label_efficiency.stopped_pretraining_step(run, other_budget)
+
+
+def test_a_stopped_pretraining_run_of_another_budget_is_refused_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(label_efficiency, "pretrain", lambda *a: pytest.fail("pretrained before the refusal"))
+    run = tmp_path / "pretrain" / "dino"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 222}, run / "checkpoints" / "last.ckpt")
+    (run / "planned.json").write_text(json.dumps({"steps": 300}))
+    with pytest.raises(SystemExit, match=r"dino holds a stopped pretraining run for \{'steps': 300\}"):
+        label_efficiency.run(
+            ["--dataset", "hippocampus", "--methods", "jcl", "dino", "--work", str(tmp_path)]
+        )
