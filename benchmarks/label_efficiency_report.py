@@ -25,6 +25,8 @@ from medssl.finetune.seg_data import paired_folders
 from medssl.finetune.segmentation import scored_one_hot
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from label_efficiency import Dataset
 
 HERE = Path(__file__).resolve().parent
@@ -74,8 +76,9 @@ def write_report(
         "",
     ]
     references = {"second annotator": agreement["dice"]} if agreement else {}
-    families = list(dict.fromkeys(t["backbone"] for t in trials))
-    for backbone in families:  # one table and plot per backbone family: its own scratch baseline
+    plots = plot_paths(out, list(dict.fromkeys(t["backbone"] for t in trials)))
+    remove_stale_plots(out, plots.values())
+    for backbone, png in plots.items():  # one table and plot per backbone family: its own scratch baseline
         group = [t for t in trials if t["backbone"] == backbone]
         title = f"{dataset.name}, {backbone}: SSL-pretrained vs scratch"
         lines.append(report.markdown(group, metric, title))
@@ -84,11 +87,23 @@ def write_report(
             lines.append(report.markdown(knn, "test/knn_auroc", "kNN on frozen features").split("\n", 2)[2])
         if metric == "test/dice" and all("test/auroc" in t["metrics"] for t in group):  # one class: DRIVE
             lines.append(report.markdown(group, "test/auroc", "pixel AUROC").split("\n", 2)[2])
-        png = out.with_suffix(".png") if len(families) == 1 else out.parent / f"{out.name}_{backbone}.png"
         report.plot(group, metric, png, title, references)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written: {out}.json / .md / .png")
+
+
+def plot_paths(out: Path, families: list[str]) -> dict[str, Path]:
+    """Backbone family -> its plot: ``<out>.png`` for one family, ``<out>_<backbone>.png`` for several."""
+    if len(families) == 1:
+        return {families[0]: out.with_suffix(".png")}
+    return {backbone: out.parent / f"{out.name}_{backbone}.png" for backbone in families}
+
+
+def remove_stale_plots(out: Path, plots: Iterable[Path]) -> None:
+    """Delete this report's plots that ``plots`` does not redraw (the single one, once a family is added)."""
+    for png in {out.with_suffix(".png"), *out.parent.glob(f"{out.name}_*.png")} - set(plots):
+        png.unlink(missing_ok=True)
 
 
 def second_reader_line(agreement: dict) -> str:

@@ -126,3 +126,22 @@ def test_a_method_pretrained_again_to_the_same_weights_keeps_its_trials(tmp_path
     assert kept(other) == [("scratch", 1.0), ("simclr", 1.0)]
     path.write_text(json.dumps(payload(earlier)))  # a report from before weights_sha256: never the same
     assert kept(merged_with(first)) == [("scratch", 1.0), ("simclr", 1.0)]
+
+
+def test_a_second_backbone_family_splits_the_plot_and_removes_the_single_one(tmp_path: Path) -> None:
+    out = tmp_path / "label_efficiency_drive"
+    one = results.plot_paths(out, ["basicunet"])
+    assert one == {"basicunet": tmp_path / "label_efficiency_drive.png"}
+    for png in [*one.values(), tmp_path / "label_efficiency_pneumoniamnist.png"]:
+        png.write_bytes(b"png")
+    two = results.plot_paths(out, ["basicunet", "vit_tiny"])
+    for png in two.values():
+        png.write_bytes(b"png")
+    results.remove_stale_plots(out, two.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "label_efficiency_drive_basicunet.png",
+        "label_efficiency_drive_vit_tiny.png",
+        "label_efficiency_pneumoniamnist.png",  # another dataset's
+    ]
+    results.remove_stale_plots(out, one.values())  # back to one family: the split plots go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["label_efficiency_pneumoniamnist.png"]
