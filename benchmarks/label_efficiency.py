@@ -200,11 +200,23 @@ def stopped_pretraining_step(run: Path, budget: dict) -> int:
     last = run / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return 0
+    refusal = stopped_run_of_another_budget(run, budget)
+    if refusal:
+        sys.exit(refusal)
+    return int(safe_torch_load(last)["global_step"])
+
+
+def stopped_run_of_another_budget(run: Path, budget: dict) -> str | None:
+    """Why the stopped pretraining run in ``run`` may not resume for ``budget``, if it may not."""
+    if not (run / "checkpoints" / "last.ckpt").is_file():
+        return None
     planned = run / "planned.json"
     earlier = json.loads(planned.read_text()) if planned.is_file() else "an unknown budget"
-    if earlier != budget:
-        sys.exit(f"{run} holds a stopped pretraining run for {earlier}, not {budget}: delete it")
-    return int(safe_torch_load(last)["global_step"])
+    return (
+        None
+        if earlier == budget
+        else f"{run} holds a stopped pretraining run for {earlier}, not {budget}: delete it"
+    )
 
 
 def weights_sha256(run: Path) -> str:
@@ -224,15 +236,14 @@ def pretraining_budget(dataset: Dataset, method: str, steps: int | None) -> dict
 
 
 def stale_pretraining(dataset: Dataset, budgets: dict[str, int | None], work: Path) -> str | None:
-    """Why a pretraining folder under ``work`` cannot be reused for this budget, if one cannot.
-
-    A stopped run of another budget is refused here too (``stopped_pretraining_step``), before any run.
-    """
+    """Why a pretraining folder under ``work`` cannot be reused or resumed for this budget, if one cannot."""
     for method, steps in budgets.items():
         stats = work / "pretrain" / method / "benchmark.json"
         budget = pretraining_budget(dataset, method, steps)
         if not stats.is_file():
-            stopped_pretraining_step(stats.parent, budget)
+            refusal = stopped_run_of_another_budget(stats.parent, budget)
+            if refusal:
+                return refusal
         else:
             earlier = json.loads(stats.read_text())
             if asked(earlier) != budget:
