@@ -130,9 +130,9 @@ def write_results(out: Path, records: list[dict[str, Any]], recipe: str, metric:
 
 
 def default_metric(records: list[dict[str, Any]]) -> str:
-    """``test/auroc`` for classification, ``test/dice`` for segmentation."""
+    """``test/dice`` for segmentation (binary masks log a pixel ``test/auroc`` too), else ``test/auroc``."""
     keys = set(records[0]["metrics"]) if records else set()
-    return next((k for k in ("test/auroc", "test/dice") if k in keys), sorted(keys)[0] if keys else "")
+    return next((k for k in ("test/dice", "test/auroc") if k in keys), sorted(keys)[0] if keys else "")
 
 
 def _resumable(trial: Trial, run_dir: Path) -> Path | None:

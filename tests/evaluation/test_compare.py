@@ -9,7 +9,7 @@ import torch
 
 from medssl.cli import main
 from medssl.commands import finetune
-from medssl.evaluation.compare import plan, trial_args
+from medssl.evaluation.compare import default_metric, plan, trial_args
 from medssl.evaluation.report import figure, markdown, paired_gain, summarise
 from medssl.reliability.preemption import Preempted
 from tests.finetune.test_classification import CLS_2D, TINY_ARG, _pretrain_run, write_npz
@@ -52,6 +52,12 @@ def test_report_gives_mean_std_and_the_paired_gain() -> None:
     std = math.sqrt(((0.6 - 0.65) ** 2 + (0.7 - 0.65) ** 2) / 1)  # sample std of the scratch seeds
     assert f"| 0.1 | 10 | 0.650 +- {std:.3f} (n=2) | 0.850 +- 0.141 (n=2) | +0.200 +- 0.071 (n=2) |" in table
     assert table.index("scratch") < table.index("ssl - scratch")
+
+
+def test_segmentation_is_judged_by_dice_even_where_it_logs_a_pixel_auroc_too() -> None:
+    binary_segmentation = [{"metrics": {"test/auroc": 0.95, "test/dice": 0.78, "test/hd95": 3.0}}]
+    assert default_metric(binary_segmentation) == "test/dice"
+    assert default_metric(_records()) == "test/auroc"
 
 
 def test_plot_has_a_panel_per_mode_and_one_colour_per_init_in_both() -> None:
