@@ -197,13 +197,11 @@ def stopped_pretraining_step(run: Path, budget: dict) -> int:
 
     The budget is ``pretraining_budget``'s: steps and extra options, as ``pretrain`` planned the run.
     """
-    last = run / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return 0
     refusal = stopped_run_of_another_budget(run, budget)
     if refusal:
         sys.exit(refusal)
-    return int(safe_torch_load(last)["global_step"])
+    last = run / "checkpoints" / "last.ckpt"
+    return int(safe_torch_load(last)["global_step"]) if last.is_file() else 0
 
 
 def stopped_run_of_another_budget(run: Path, budget: dict) -> str | None:
@@ -212,11 +210,9 @@ def stopped_run_of_another_budget(run: Path, budget: dict) -> str | None:
         return None
     planned = run / "planned.json"
     earlier = json.loads(planned.read_text()) if planned.is_file() else "an unknown budget"
-    return (
-        None
-        if earlier == budget
-        else f"{run} holds a stopped pretraining run for {earlier}, not {budget}: delete it"
-    )
+    if earlier == budget:
+        return None
+    return f"{run} holds a stopped pretraining run for {earlier}, not {budget}: delete it"
 
 
 def weights_sha256(run: Path) -> str:
