@@ -20,8 +20,9 @@ benchmark can be run in pieces and resumed.
 The report accumulates the pieces too; ``--reuse-scratch`` adds a method to it without running the scratch
 trials again (they must be in the report, with the same fine-tuning budget). A method pretrained again (in a
 new work folder) replaces its trials in the report, unless its weights equal the report's bit for bit
-(``weights_sha256``; seeded recipes can reproduce): then its earlier trials stay, and only new fractions or
-modes need running.
+(``weights_sha256``; a seeded recipe reproduces on the same kind of CPU with the same thread count, both
+recorded as ``cpu`` and ``threads``): then its earlier trials stay, and only new fractions or modes need
+running.
 
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods simclr moco dino mae
     python benchmarks/label_efficiency.py --dataset pneumoniamnist --methods dino --reuse-scratch
@@ -153,7 +154,8 @@ DATASETS = {
 
 
 def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Path, dict]:
-    """Pretrain (or reuse) one method; its run folder and ``{"steps", "minutes", "weights_sha256"}``."""
+    """Pretrain (or reuse) one method; its run folder and its record: budget, minutes, weights and
+    ``repeat_conditions``."""
     recipe = recipes_dir() / "pretrain" / f"{method}_{dataset.backbones[method]}_{dataset.name}.yaml"
     if not recipe.is_file():
         sys.exit(f"no pretraining recipe {recipe.name} for {method} on {dataset.name}")
@@ -186,7 +188,7 @@ def pretrain(dataset: Dataset, method: str, work: Path, steps: int) -> tuple[Pat
             )
         )  # fmt: skip
         minutes = (time.monotonic() - started) / 60 * steps / (steps - resumed_at)
-        measured = {"minutes": round(minutes, 1), "weights_sha256": weights_sha256(run)}
+        measured = {"minutes": round(minutes, 1), "weights_sha256": weights_sha256(run)} | repeat_conditions()
         measured |= {"resumed_at_step": resumed_at} if resumed_at else {}  # minutes: scaled from the rest
         stats.write_text(json.dumps(budget | measured) + "\n")
     return run, json.loads(stats.read_text())
@@ -223,6 +225,13 @@ def weights_sha256(run: Path) -> str:
         digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def repeat_conditions() -> dict:
+    """What a seeded run needs, beside its recipe, to give the same weights again: the CPU kernels torch
+    picks (``AVX2``, ``AVX512``) and the thread count (measured on Hippocampus MoCo v3: 1 and 2 threads
+    differ, a run stopped and resumed does not)."""
+    return {"cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
 
 def pretraining_budget(dataset: Dataset, method: str, steps: int | None) -> dict:

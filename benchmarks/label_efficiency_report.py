@@ -202,7 +202,7 @@ def _minutes(stats: dict) -> str:
 
 
 #: what a pretraining record holds of the run itself, beside the budget it was asked for
-MEASURED = ("minutes", "weights_sha256", "resumed_at_step")
+MEASURED = ("minutes", "weights_sha256", "resumed_at_step", "cpu", "threads")
 
 
 def asked(stats: dict) -> dict:

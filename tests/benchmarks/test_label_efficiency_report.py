@@ -119,7 +119,8 @@ def test_a_method_pretrained_again_to_the_same_weights_keeps_its_trials(tmp_path
     def kept(merged: dict) -> list[tuple]:
         return [(t["init"], t["label_fraction"]) for t in merged["trials"]]
 
-    same = merged_with(first | {"minutes": 43.0})  # the same weights on a slower machine
+    slower = {"minutes": 43.0, "cpu": "AVX2", "threads": 1}  # the conditions are recorded, not asked for
+    same = merged_with(first | slower)  # the same weights on a slower machine
     assert kept(same) == [("simclr", 0.01), ("scratch", 1.0), ("simclr", 1.0)]
     assert same["pretraining"]["simclr"] == first  # the run the kept trials came from
     other = merged_with(first | {"weights_sha256": "cd34"})
